@@ -1,0 +1,174 @@
+"""The data: a three-class spiral (or your own CSV of points) and the LightningDataModule that serves it.
+
+    data = SpiralDataModule(batch_size=64)
+    data.setup("fit")
+    X_batch, y_batch = next(iter(data.train_dataloader()))  # (64, 2) float32, (64,) int64
+
+A CSV for `path` has one point per line, `x1,x2,label`, labels 0..classes-1; a header line is allowed.
+"""
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveInt
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+
+class DataError(ValueError):
+    """A data setting or data file that cannot be used; the message names it."""
+
+
+def make_spiral(points_per_class: int, classes: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """`classes` interleaved arms of `points_per_class` points: X (N, 2) float32, y (N,) int64."""
+    y = torch.arange(classes).repeat_interleave(points_per_class)
+    radius = torch.linspace(0.0, 1.0, points_per_class).repeat(classes)
+    angle = torch.linspace(0.0, 4.0, points_per_class).repeat(classes) + 4.0 * y
+    angle = angle + noise * torch.randn(len(y), generator=generator)
+    X = torch.stack([radius * torch.sin(angle), radius * torch.cos(angle)], dim=1)
+    return X, y
+
+
+def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
+    """Read `x1,x2,label` rows; raise DataError naming the file and line of the first bad row."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    points, labels = [], []
+    with path.open(newline="") as file:
+        for line, row in enumerate(csv.reader(file), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != 3:
+                raise DataError(f"{path}:{line}: expected 3 columns x1,x2,label, found {len(row)}")
+            try:
+                x1, x2, label = float(row[0]), float(row[1]), int(row[2])
+            except ValueError:
+                if line == 1 and not points:
+                    continue  # a header
+                raise DataError(f"{path}:{line}: expected numbers x1,x2 and an integer label, found {row}") from None
+            if not (math.isfinite(x1) and math.isfinite(x2)):
+                raise DataError(f"{path}:{line}: coordinates must be finite, found {row[0]},{row[1]}")
+            if not 0 <= label < classes:
+                raise DataError(f"{path}:{line}: label {label} is outside 0..{classes - 1} (data.classes={classes})")
+            points.append((x1, x2))
+            labels.append(label)
+    if not points:
+        raise DataError(f"{path}: no data rows")
+    return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)
+
+
+class EpochShuffle(Sampler[int]):
+    """Like `shuffle=True`, but the epoch's whole order is drawn when the epoch starts.
+
+    torch's RandomSampler draws one more permutation when asked for an index past its last. A plain `for` loop
+    asks (to hear StopIteration) and Lightning, which stops at len(dataloader), does not: when the training set
+    is a multiple of the batch size, the two would shuffle every later epoch differently.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.generator = size, generator
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        return iter(torch.randperm(self.size, generator=self.generator).tolist())
+
+
+class SpiralDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str | None = None,
+        classes: PositiveInt = 3,
+        points_per_class: PositiveInt = 1000,
+        noise: NonNegativeFloat = 0.2,
+        val_fraction: OpenUnitInterval = 0.2,
+        test_fraction: OpenUnitInterval = 0.2,
+        batch_size: PositiveInt = 64,
+        val_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            path: CSV of `x1,x2,label` rows to use instead of the spiral.
+            classes: Number of classes (spiral arms).
+            points_per_class: Spiral points per class.
+            noise: Standard deviation of the noise added to each point's angle.
+            val_fraction: Share of the points held out for validation.
+            test_fraction: Share of the points held out for testing.
+            batch_size: Training batch size.
+            val_batch_size: Validation and test batch size; None puts the whole split in one batch.
+            num_workers: DataLoader worker processes.
+            persistent_workers: Keep the workers alive between epochs (needs num_workers > 0).
+            pin_memory: Pin batches in page-locked memory for faster copies to a GPU.
+            seed: Seeds the spiral, the split and the shuffle order, apart from `seed_everything`.
+        """
+        super().__init__()
+        if val_fraction + test_fraction >= 1:
+            raise DataError(
+                f"data.val_fraction + data.test_fraction must be < 1 to leave points for training, "
+                f"got {val_fraction} + {test_fraction}"
+            )
+        if persistent_workers and num_workers == 0:
+            raise DataError("data.persistent_workers needs data.num_workers > 0")
+        self.save_hyperparameters()
+        # Its own generator: drawing from the global RNG here would make the shuffle order depend on
+        # everything else that draws from it (dropout, and every iter() over a validation DataLoader).
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.seed)
+        if hp.path:
+            X, y = load_csv(Path(hp.path), hp.classes)
+        else:
+            X, y = make_spiral(hp.points_per_class, hp.classes, hp.noise, generator)
+        order = torch.randperm(len(y), generator=generator)
+        n_val, n_test = round(hp.val_fraction * len(y)), round(hp.test_fraction * len(y))
+        if min(n_val, n_test, len(y) - n_val - n_test) < 1:
+            raise DataError(f"{len(y)} points are too few to split into train, validation and test sets")
+        val, test, train = order.split([n_val, n_test, len(y) - n_val - n_test])
+        self.train_set = TensorDataset(X[train], y[train])
+        self.val_set = TensorDataset(X[val], y[val])
+        self.test_set = TensorDataset(X[test], y[test])
+        self.all_points = TensorDataset(X, y)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, EpochShuffle(len(self.train_set), self.generator))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.val_batch_size or len(self.val_set))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.val_batch_size or len(self.test_set))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every point of `path` when one is given, else the test split."""
+        points = self.all_points if self.hparams.path else self.test_set
+        return self._loader(points, self.hparams.val_batch_size or len(points))
+
+    def _loader(self, dataset: TensorDataset, batch_size: int, sampler: EpochShuffle | None = None) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            generator=sampler and self.generator,  # iter() draws the workers' base seed from it
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers,
+            pin_memory=hp.pin_memory,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        # The shuffle order of the epochs still to come; Lightning saves it in every checkpoint.
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.generator.set_state(state_dict["generator"])

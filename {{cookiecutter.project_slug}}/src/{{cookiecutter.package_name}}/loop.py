@@ -1,0 +1,79 @@
+"""The essay's training loop in plain PyTorch, line for line beside the Lightning code in module.py.
+
+    python train_torch.py                # runs fit() on configs/default.yaml, logs to logs/torch/version_N
+
+The comment on each line names the Lightning hook or Trainer argument that does its work.
+"""
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from tqdm import trange
+
+from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.model import MLP
+
+
+def fit(
+    data: SpiralDataModule,
+    *,
+    seed: int,
+    hidden: int,
+    dropout: float,
+    lr: float,
+    max_epochs: int,
+    gradient_clip_val: float | None,
+    writer,
+    device: torch.device | str = "cpu",
+    progress_bar: bool = True,
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Train an MLP on `data`; `writer.add_scalar` receives the same tags and steps as Lightning logs."""
+    torch.manual_seed(seed)  # seed_everything (LightningCLI: seed_everything)
+    classes = data.hparams.classes
+
+    # --- data ---
+    data.setup("fit")  # LightningDataModule.setup
+    loader = data.train_dataloader()  # LightningDataModule.train_dataloader
+    val_loader = data.val_dataloader()  # LightningDataModule.val_dataloader
+
+    # --- model, loss, optimiser ---
+    model = MLP(in_features=2, hidden=hidden, out_features=classes, dropout=dropout)  # LightningModule.__init__
+    model.to(device)  # Trainer(accelerator=...), before configure_optimizers
+    criterion = nn.CrossEntropyLoss()  # LightningModule.__init__
+    val_loss = MeanMetric().to(device)  # LightningModule.__init__
+    val_acc = MulticlassAccuracy(classes, average="micro").to(device)  # LightningModule.__init__
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)  # configure_optimizers
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)  # configure_optimizers
+
+    # --- loop ---
+    step = 0
+    for epoch in trange(max_epochs, desc="fit", unit="epoch", disable=not progress_bar):  # Trainer(max_epochs=...)
+        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)  # LearningRateMonitor
+        model.train()  # the Trainer, before each training epoch
+        for X_batch, y_batch in loader:
+            X_batch, y_batch = X_batch.to(device), y_batch.to(device)  # transfer_batch_to_device
+            optimiser.zero_grad()  # optimizer_zero_grad
+            logits = model(X_batch)  # training_step
+            loss = criterion(logits, y_batch)  # training_step
+            loss.backward()  # backward
+            if gradient_clip_val is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)  # configure_gradient_clipping
+            optimiser.step()  # optimizer_step
+            writer.add_scalar("train/loss", loss.item(), step)  # training_step: self.log("train/loss", loss)
+            step += 1
+        scheduler.step()  # lr_scheduler_step (interval "epoch")
+
+        model.eval()  # the Trainer, before validation
+        with torch.no_grad():  # the Trainer, around validation
+            for X_val, y_val in val_loader:
+                X_val, y_val = X_val.to(device), y_val.to(device)  # transfer_batch_to_device
+                val_logits = model(X_val)  # validation_step
+                val_loss.update(criterion(val_logits, y_val), weight=len(y_val))  # validation_step
+                val_acc.update(val_logits, y_val)  # validation_step
+        # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
+        writer.add_scalar("val/loss", val_loss.compute().item(), step - 1)  # self.log("val/loss", ...)
+        writer.add_scalar("val/acc", val_acc.compute().item(), step - 1)  # self.log("val/acc", ...)
+        val_loss.reset()  # the Trainer, at the end of each validation epoch
+        val_acc.reset()  # the Trainer, at the end of each validation epoch
+    return model, optimiser, scheduler

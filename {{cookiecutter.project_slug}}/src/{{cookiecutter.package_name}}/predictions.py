@@ -1,0 +1,27 @@
+"""Write `python train.py predict` results to predictions.csv in the run's log directory."""
+
+import csv
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class PredictionWriter(BasePredictionWriter):
+    """One row per point: x1, x2, label, the probability of each class, and the predicted class."""
+
+    def __init__(self, filename: str = "predictions.csv"):
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        points = trainer.predict_dataloaders.dataset.tensors
+        probabilities = torch.cat(predictions)
+        path = Path(trainer.log_dir) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["x1", "x2", "label", *(f"p{k}" for k in range(probabilities.shape[1])), "predicted"])
+            for (x1, x2), label, p in zip(points[0].tolist(), points[1].tolist(), probabilities.tolist()):
+                writer.writerow([x1, x2, label, *p, max(range(len(p)), key=p.__getitem__)])
+        print(f"predictions: {path}")

@@ -1,0 +1,53 @@
+"""Shared helpers for the tests.
+
+Threads: torch runs single-threaded here, and OMP_NUM_THREADS=1 is passed to every subprocess, because
+a model this small trains several times faster on one thread than on many on a small shared CPU.
+The equivalence tests run both loops under the same setting.
+"""
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # train.py and train_torch.py
+
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+# Flags both entry points take to run quietly; tests add their own log directory.
+QUIET = ["--trainer.enable_progress_bar=false"]
+SMALL = ["--trainer.max_epochs=3", "--data.points_per_class=200"]
+
+
+def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a project script as a user would, in `cwd`."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a run's TensorBoard event files: tag -> [(step, value)]."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture
+def written(monkeypatch) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Every add_scalar call, exactly as passed, by log directory: both loops write through SummaryWriter."""
+    calls = defaultdict(lambda: defaultdict(list))
+    original = SummaryWriter.add_scalar
+
+    def add_scalar(self, tag, value, global_step=None, *args, **kwargs):
+        calls[Path(self.log_dir).parent.name][tag].append((global_step, float(value)))
+        return original(self, tag, value, global_step, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
+    return calls

@@ -1,0 +1,165 @@
+"""The line -> hook map (hookmap.py), checked against what both loops actually do, in order.
+
+Torch's own hook points record the operations (forward with the model's mode and grad state, zero_grad,
+backward, gradient clipping, optimizer step, scheduler step) the same way on both sides; on the Lightning side
+each event also records the innermost LightningModule hook it ran in.
+"""
+
+import functools
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import train
+import train_torch
+from conftest import QUIET
+from {{ cookiecutter.package_name }} import loop
+from {{ cookiecutter.package_name }}.hookmap import COMMUTING, ROWS, TRAIN_FORWARD, VAL_FORWARD, markdown
+from {{ cookiecutter.package_name }}.model import MLP
+from {{ cookiecutter.package_name }}.module import SpiralClassifier
+
+TINY = ["--trainer.max_epochs=2", "--data.points_per_class=50"]  # 90 training points: batches of 64 and 26
+HOOKS = (
+    "configure_optimizers",
+    "training_step",
+    "optimizer_zero_grad",
+    "backward",
+    "configure_gradient_clipping",
+    "optimizer_step",
+    "lr_scheduler_step",
+    "on_validation_model_zero_grad",
+    "validation_step",
+)
+
+
+class Recorder:
+    def __init__(self):
+        self.events: list[tuple[str, str | None]] = []
+        self.hooks: list[str] = []
+
+    def record(self, event: str) -> None:
+        self.events.append((event, self.hooks[-1] if self.hooks else None))
+
+    def take(self) -> list[tuple[str, str | None]]:
+        events, self.events = self.events, []
+        return events
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    recorder = Recorder()
+
+    def record_calls(owner, name: str, event: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def recorded(*args, **kwargs):
+            recorder.record(event)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+
+    def record_forward(module, args) -> None:
+        if isinstance(module, MLP):
+            mode = "train" if module.training else "eval"
+            if torch.is_grad_enabled():
+                grad = "grad"
+            else:
+                grad = "inference_mode" if torch.is_inference_mode_enabled() else "no_grad"
+            recorder.record(f"forward({mode}, {grad})")
+
+    record_calls(torch.optim.Optimizer, "zero_grad", "zero_grad")
+    record_calls(torch.nn.Module, "zero_grad", "model.zero_grad")
+    record_calls(torch.Tensor, "backward", "backward")
+    record_calls(torch.nn.utils, "clip_grad_norm_", "clip_grad_norm_")
+    record_calls(torch.optim.lr_scheduler.LRScheduler, "step", "scheduler.step")
+    handles = [
+        register_module_forward_pre_hook(record_forward),
+        register_optimizer_step_post_hook(lambda *_: recorder.record("optimizer.step")),
+    ]
+    yield recorder
+    for handle in handles:
+        handle.remove()
+
+
+def in_hooks(recorder: Recorder) -> type[SpiralClassifier]:
+    """SpiralClassifier whose hooks tell the recorder when they run."""
+
+    def tracked(name: str):
+        original = getattr(SpiralClassifier, name)
+
+        @functools.wraps(original)
+        def hook(self, *args, **kwargs):
+            recorder.hooks.append(name)
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                recorder.hooks.pop()
+
+        return hook
+
+    return type("TrackedSpiralClassifier", (SpiralClassifier,), {name: tracked(name) for name in HOOKS})
+
+
+def as_plain_loop(events: list[tuple[str, str | None]]) -> tuple[list[str], Counter]:
+    """Undo, one by one, the differences hookmap.COMMUTING lists; count how often each applied."""
+    applied, plain = Counter(), []
+    for event, hook in events:
+        if event == "model.zero_grad":
+            applied["zero_grad before validation" if hook else "zero_grad before training"] += 1
+            continue
+        if event == "zero_grad" and plain and plain[-1] == TRAIN_FORWARD:
+            applied["zero_grad after the forward"] += 1
+            plain.insert(len(plain) - 1, event)
+            continue
+        plain.append(event)
+    return plain, applied
+
+
+@pytest.fixture
+def recorded(recorder, monkeypatch, tmp_path) -> tuple[list, list]:
+    """(event, hook) pairs of a Lightning run, then of the plain loop, on the same tiny config."""
+    args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY]
+    monkeypatch.setattr(train, "SpiralClassifier", in_hooks(recorder))
+    train.main(["fit", *args, "--trainer.enable_model_summary=false"])
+    lightning = recorder.take()
+    train_torch.main(args)
+    return lightning, recorder.take()
+
+
+def test_both_loops_do_the_same_things_in_the_same_order_but_for_the_listed_differences(recorded):
+    lightning, plain = recorded
+    plain_events = [event for event, _ in plain]
+    normalised, applied = as_plain_loop(lightning)
+    assert normalised == plain_events
+    assert set(applied) == set(COMMUTING), "every listed difference must really occur"
+    # Per epoch: zero_grad, forward, backward, clip, step for each of 2 batches; scheduler step; 1 validation batch.
+    batch = ["zero_grad", TRAIN_FORWARD, "backward", "clip_grad_norm_", "optimizer.step"]
+    epoch = [*batch, *batch, "scheduler.step", VAL_FORWARD]
+    assert plain_events == ["scheduler.step", *epoch, *epoch]  # the first: the scheduler's constructor
+
+
+def test_every_lightning_event_runs_in_the_hook_the_table_names(recorded):
+    lightning, _ = recorded
+    seen = set(lightning)
+    table = {row.recorded for row in ROWS if row.recorded}
+    assert table <= seen, f"rows whose event never happened where the table says: {table - seen}"
+    cleared = {("model.zero_grad", None), ("model.zero_grad", "on_validation_model_zero_grad")}  # see COMMUTING
+    beyond = seen - table - cleared
+    assert not beyond, f"events in hooks the table does not name: {beyond}"
+
+
+def test_every_row_is_a_line_of_the_plain_loop():
+    source = Path(loop.__file__).read_text()
+    for row in ROWS:
+        assert row.line.removesuffix("...)") in source, row.line
+
+
+def test_the_map_is_printable_as_markdown():
+    table = markdown()
+    assert all(f"`{row.line}`" in table for row in ROWS)
+    assert all(why in table for why in COMMUTING.values())

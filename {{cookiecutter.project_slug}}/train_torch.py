@@ -1,0 +1,108 @@
+"""Run the plain PyTorch loop (src/{{ cookiecutter.package_name }}/loop.py) on the same config as train.py.
+
+    python train_torch.py                                   # configs/default.yaml, logs to logs/torch/version_N
+    python train_torch.py --trainer.max_epochs 5 --model.lr 3e-3
+    python train_torch.py --config configs/smoke.yaml
+
+It reads the keys train.py reads (seed_everything, model.*, data.*, trainer.*) and refuses a trainer
+setting that would change what Lightning computes but the plain loop does not implement.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning import Trainer
+from torch.utils.tensorboard import SummaryWriter
+
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
+from {{ cookiecutter.package_name }}.loop import fit
+from {{ cookiecutter.package_name }}.module import SpiralClassifier
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+# Trainer settings that change what is computed, and the values the plain loop implements.
+PLAIN_LOOP_TRAINER = {
+    "accumulate_grad_batches": [1],
+    "check_val_every_n_epoch": [1],
+    "gradient_clip_algorithm": [None, "norm"],
+    "limit_train_batches": [None, 1.0],
+    "limit_val_batches": [None, 1.0],
+    "max_steps": [-1],
+    "num_sanity_val_steps": [0],
+    "precision": [None, 32, "32", "32-true"],
+    "val_check_interval": [None, 1.0],
+}
+DEVICES = {"auto": None, "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
+
+
+def parse(args: list[str] | None = None):
+    parser = ArgumentParser(default_config_files=[str(DEFAULT_CONFIG)], description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="A config file on top of configs/default.yaml.")
+    parser.add_argument("--seed_everything", type=int, required=True)
+    parser.add_class_arguments(SpiralClassifier, "model")
+    parser.add_class_arguments(SpiralDataModule, "data")
+    parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
+    parser.link_arguments("data.classes", "model.classes")
+    config = parser.parse_args(args)
+    trainer = config.trainer
+    for key, allowed in PLAIN_LOOP_TRAINER.items():
+        if trainer[key] not in allowed:
+            parser.error(
+                f"trainer.{key}={trainer[key]!r} is not implemented by the plain loop (it does {allowed}); use train.py"
+            )
+    if not isinstance(trainer.max_epochs, int) or trainer.max_epochs < 1:
+        parser.error(f"trainer.max_epochs must be a positive integer for the plain loop, got {trainer.max_epochs!r}")
+    if trainer.accelerator not in DEVICES:
+        parser.error(f"trainer.accelerator={trainer.accelerator!r}: the plain loop runs on one of {list(DEVICES)}")
+    if not str(getattr(trainer.logger, "class_path", "")).endswith("TensorBoardLogger"):
+        parser.error("train_torch.py logs where trainer.logger, a TensorBoardLogger, does; the config has none")
+    return parser, config
+
+
+def device_for(accelerator: str) -> torch.device:
+    """The device Trainer(accelerator=...) would pick for one process."""
+    if DEVICES[accelerator]:
+        return torch.device(DEVICES[accelerator])
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def next_version(root: Path) -> Path:
+    """root/version_N with N one past the highest, as Lightning's TensorBoardLogger numbers its runs."""
+    versions = [int(p.name[len("version_") :]) for p in root.glob("version_*") if p.name[len("version_") :].isdigit()]
+    return root / f"version_{max(versions, default=-1) + 1}"
+
+
+def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+    """Train as configured; return the model, optimiser and scheduler as they end."""
+    parser, config = parse(args)
+    log_dir = next_version(Path(config.trainer.logger.init_args.save_dir) / "torch")
+    try:
+        data = SpiralDataModule(**config.data)
+        data.setup("fit")  # fails on a bad data file before anything is written
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    log_dir.mkdir(parents=True)
+    parser.save(config, log_dir / "config.yaml")
+    with SummaryWriter(log_dir) as writer:
+        trained = fit(
+            data,
+            seed=config.seed_everything,
+            hidden=config.model.hidden,
+            dropout=config.model.dropout,
+            lr=config.model.lr,
+            max_epochs=config.trainer.max_epochs,
+            gradient_clip_val=config.trainer.gradient_clip_val,
+            writer=writer,
+            device=device_for(config.trainer.accelerator),
+            progress_bar=config.trainer.enable_progress_bar is not False,
+        )
+    print(f"logs: {log_dir}")
+    return trained
+
+
+if __name__ == "__main__":
+    main()
