@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -22,11 +23,17 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.classes", "model.classes")
+        parser.add_lightning_class_args(DecisionBoundary, "boundary")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        # Lightning takes 0 (train nothing) and -1 (forever); the cosine schedule needs T_max = max_epochs >= 1.
+        max_epochs = config.trainer.max_epochs
+        if not isinstance(max_epochs, int) or max_epochs < 1:
+            print(f"error: trainer.max_epochs must be a positive integer, got {max_epochs!r}", file=sys.stderr)
+            sys.exit(2)
         # Checkpoints keep the init arguments and Lightning loads them with torch.load(weights_only=True),
         # which refuses jsonargparse's checked numbers (PositiveInt, ...): hand the classes plain ones.
-        config = self.config[self.subcommand] if self.subcommand else self.config
         for group in ("model", "data"):
             for key, value in vars(config[group]).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

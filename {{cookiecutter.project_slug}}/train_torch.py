@@ -16,6 +16,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
+from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
@@ -44,6 +45,7 @@ def parse(args: list[str] | None = None):
     parser.add_class_arguments(SpiralClassifier, "model")
     parser.add_class_arguments(SpiralDataModule, "data")
     parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
+    parser.add_class_arguments(BoundaryAnimation, "boundary")
     parser.link_arguments("data.classes", "model.classes")
     config = parser.parse_args(args)
     trainer = config.trainer
@@ -87,6 +89,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         sys.exit(f"error: {error}")
     log_dir.mkdir(parents=True)
     parser.save(config, log_dir / "config.yaml")
+    boundary = BoundaryAnimation(**config.boundary)
     with SummaryWriter(log_dir) as writer:
         trained = fit(
             data,
@@ -99,7 +102,10 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
             writer=writer,
             device=device_for(config.trainer.accelerator),
             progress_bar=config.trainer.enable_progress_bar is not False,
+            boundary=boundary,
         )
+    if boundary.save(log_dir / "decision_boundary.gif"):
+        print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
     print(f"logs: {log_dir}")
     return trained
 

@@ -83,6 +83,11 @@ ROWS = (
         (VAL_FORWARD, "validation_step"),
     ),
     Row("val_logits = model(X_val)", "`validation_step`", "-", (VAL_FORWARD, "validation_step")),
+    Row(
+        "image = boundary.frame(model, ...)",
+        "`DecisionBoundary` callback, `on_validation_end`",
+        "before the metrics are computed, the frame's title would show the previous epoch's accuracy",
+    ),
 )
 
 # Where the two loops differ in order or in extra calls without changing a single number.

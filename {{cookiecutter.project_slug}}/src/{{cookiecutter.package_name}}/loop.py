@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import trange
 
+from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
 
@@ -27,6 +28,7 @@ def fit(
     writer,
     device: torch.device | str = "cpu",
     progress_bar: bool = True,
+    boundary: BoundaryAnimation | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Train an MLP on `data`; `writer.add_scalar` receives the same tags and steps as Lightning logs."""
     torch.manual_seed(seed)  # seed_everything (LightningCLI: seed_everything)
@@ -74,6 +76,9 @@ def fit(
         # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
         writer.add_scalar("val/loss", val_loss.compute().item(), step - 1)  # self.log("val/loss", ...)
         writer.add_scalar("val/acc", val_acc.compute().item(), step - 1)  # self.log("val/acc", ...)
+        if boundary is not None and boundary.wants(epoch):  # DecisionBoundary callback, on_validation_end
+            image = boundary.frame(model, *data.val_set.tensors, epoch, val_acc.compute().item())
+            writer.add_image(TAG, image, step - 1, dataformats="HWC")
         val_loss.reset()  # the Trainer, at the end of each validation epoch
         val_acc.reset()  # the Trainer, at the end of each validation epoch
     return model, optimiser, scheduler

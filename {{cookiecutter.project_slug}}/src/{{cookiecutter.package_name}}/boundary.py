@@ -1,0 +1,135 @@
+"""The decision-boundary animation: the model's softmax confidence over the plane, one frame per epoch.
+
+Both loops draw it the same way: `python train.py fit` through the DecisionBoundary callback, `python
+train_torch.py` through loop.fit(boundary=...). Each writes the image tag `val/decision_boundary` to
+TensorBoard and `decision_boundary.gif` into its run directory. The `boundary:` section of
+configs/default.yaml sets both (every_n_epochs: 0 switches it off).
+"""
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from PIL import Image, ImageDraw, ImageFont
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
+PALETTE = torch.tensor(
+    [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0), (240, 228, 66)],
+    dtype=torch.float32,
+)
+WHITE = torch.ones(3) * 255
+TITLE_HEIGHT = 18
+TAG = "val/decision_boundary"
+
+
+@torch.no_grad()
+def render(model: nn.Module, X: Tensor, y: Tensor, resolution: int, scale: int, title: str) -> Image.Image:
+    """The predicted class of every pixel, paler where the model is less sure, with the points (X, y) on top.
+
+    The model sees a `resolution` x `resolution` grid; its probabilities are upsampled `scale` times, which
+    costs far less than evaluating the model at every pixel and draws the same smooth regions.
+    """
+    device = next(model.parameters()).device
+    low, high = X.min(dim=0).values, X.max(dim=0).values
+    low, high = low - 0.1 * (high - low), high + 0.1 * (high - low)
+    xs = torch.linspace(low[0].item(), high[0].item(), resolution)
+    ys = torch.linspace(high[1].item(), low[1].item(), resolution)  # image rows run top to bottom
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # (resolution², 2)
+    probabilities = model(grid.to(device)).softmax(dim=1).cpu()  # (resolution², classes)
+    probabilities = probabilities.T.reshape(1, -1, resolution, resolution)
+    size = resolution * scale
+    probabilities = F.interpolate(probabilities, size=(size, size), mode="bilinear", align_corners=True)[0]
+    confidence, predicted = probabilities.max(dim=0)  # (size, size) each
+    chance = 1 / probabilities.shape[0]
+    strength = 0.15 + 0.6 * (confidence - chance) / (1 - chance)  # pale at chance, strong when certain
+    pixels = WHITE + (PALETTE[predicted] - WHITE) * strength[..., None]  # (size, size, 3)
+
+    # Each point: a 2x2 dot in a dark shade of its true class's colour.
+    columns = ((X[:, 0] - low[0]) / (high[0] - low[0]) * (size - 2)).round().long()
+    rows = ((high[1] - X[:, 1]) / (high[1] - low[1]) * (size - 2)).round().long()
+    for dr in (0, 1):
+        for dc in (0, 1):
+            pixels[rows + dr, columns + dc] = PALETTE[y] * 0.55
+
+    image = Image.new("RGB", (size, size + TITLE_HEIGHT), "white")
+    image.paste(Image.fromarray(pixels.round().to(torch.uint8).numpy()), (0, TITLE_HEIGHT))
+    ImageDraw.Draw(image).text((4, 2), title, fill=(40, 40, 40), font=font())
+    return image
+
+
+@functools.cache
+def font() -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=12)
+
+
+@functools.cache
+def gif_palette() -> Image.Image:
+    """The colours render() draws, in 256 entries: frames map onto it without costly per-frame quantizing."""
+    classes, greys = len(PALETTE), 8
+    strengths = torch.linspace(0.15, 0.75, (256 - classes - greys) // classes)
+    shades = WHITE + (PALETTE[:, None] - WHITE) * strengths[:, None]  # (classes, levels, 3)
+    grey = torch.linspace(40, 255, greys)[:, None].expand(greys, 3)
+    colours = torch.cat([shades.reshape(-1, 3), PALETTE * 0.55, grey]).round().to(torch.uint8)
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(colours.flatten().tolist())
+    return palette
+
+
+class BoundaryAnimation:
+    """Collects frames every `every_n_epochs` epochs and writes them as a GIF."""
+
+    def __init__(
+        self, every_n_epochs: NonNegativeInt = 1, resolution: PositiveInt = 48, scale: PositiveInt = 4, frame_ms: PositiveInt = 80
+    ):
+        """
+        Args:
+            every_n_epochs: Draw a frame after every n-th validation; 0 switches the animation off.
+            resolution: Points per side of the grid the model is evaluated on; the cost grows with its square.
+            scale: Pixels per grid point in the image.
+            frame_ms: How long the GIF shows each frame.
+        """
+        super().__init__()
+        self.every_n_epochs, self.resolution, self.scale, self.frame_ms = every_n_epochs, resolution, scale, frame_ms
+        self.frames: list[Image.Image] = []
+
+    def wants(self, epoch: int) -> bool:
+        """Whether to draw after `epoch` (counted from 0)."""
+        return self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
+
+    def frame(self, model: nn.Module, X: Tensor, y: Tensor, epoch: int, val_acc: float) -> np.ndarray:
+        """Draw the model as it is now, leaving its train/eval mode and every RNG as they were; (H, W, 3) uint8."""
+        was_training = model.training
+        model.eval()
+        image = render(model, X, y, self.resolution, self.scale, f"epoch {epoch + 1}   val acc {val_acc:.3f}")
+        model.train(was_training)
+        self.frames.append(image.quantize(palette=gif_palette(), dither=Image.Dither.NONE))
+        return np.asarray(self.frames[-1].convert("RGB"))
+
+    def save(self, path: Path) -> Path | None:
+        if not self.frames:
+            return None
+        self.frames[0].save(path, save_all=True, append_images=self.frames[1:], duration=self.frame_ms, loop=0)
+        return path
+
+
+class DecisionBoundary(BoundaryAnimation, L.Callback):
+    """The animation for `python train.py fit`: a frame after each validation, the GIF when fit ends."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not self.wants(trainer.current_epoch):
+            return
+        X, y = trainer.datamodule.val_set.tensors
+        val_acc = trainer.callback_metrics["val/acc"].item()
+        image = self.frame(pl_module.model, X, y, trainer.current_epoch, val_acc)
+        if trainer.logger is not None:
+            # The step of the epoch's last optimizer step, where val/loss is logged too.
+            trainer.logger.experiment.add_image(TAG, image, trainer.global_step - 1, dataformats="HWC")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.save(Path(trainer.log_dir) / "decision_boundary.gif"):
+            print(f"decision boundary: {Path(trainer.log_dir) / 'decision_boundary.gif'}")

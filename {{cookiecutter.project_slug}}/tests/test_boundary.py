@@ -1,0 +1,70 @@
+"""The decision-boundary animation: the same pixels from both loops, and no effect on training."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+import train_torch
+from conftest import QUIET, SMALL, run
+from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
+from {{ cookiecutter.package_name }}.data import make_spiral
+from {{ cookiecutter.package_name }}.model import MLP
+
+
+def gif_frames(path) -> list[np.ndarray]:
+    return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(Image.open(path))]
+
+
+def image_steps(run_dir) -> list[int]:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    return [event.step for event in events.Images(TAG)]
+
+
+def test_entry_points_write_pixel_identical_gifs_and_image_tags(tmp_path):
+    for script, args in (("train.py", ["fit"]), ("train_torch.py", [])):
+        result = run(script, *args, "--trainer.max_epochs=5", *QUIET, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "decision_boundary.gif" in result.stdout
+    lightning, plain = (tmp_path / "logs" / side / "version_0" for side in ("lightning", "torch"))
+    lightning_frames, plain_frames = gif_frames(lightning / "decision_boundary.gif"), gif_frames(plain / "decision_boundary.gif")
+    assert len(lightning_frames) == len(plain_frames) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(lightning_frames, plain_frames, strict=True))
+    assert not np.array_equal(lightning_frames[0], lightning_frames[-1])  # the boundary moves
+    assert image_steps(lightning) == image_steps(plain) == [29 * epoch - 1 for epoch in range(1, 6)]
+
+
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_switching_the_animation_off_changes_no_loss(side, tmp_path, written):
+    """With dropout on, a stray draw from the global RNG or a wrong train/eval mode would show in the losses."""
+    for every in (1, 0):
+        args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path / str(every)}", *SMALL]
+        args += ["--model.dropout=0.3", f"--boundary.every_n_epochs={every}"]
+        train.main(["fit", *args]) if side == "lightning" else train_torch.main(args)
+    on, off = (tmp_path / str(every) / side / "version_0" for every in (1, 0))
+    assert (on / "decision_boundary.gif").exists() and not (off / "decision_boundary.gif").exists()
+    losses = torch.tensor([value for _, value in written[side]["train/loss"]])
+    assert len(losses) == 2 * 3 * 6  # two runs of 3 epochs of 6 batches
+    assert torch.equal(losses[:18], losses[18:])
+
+
+def test_a_frame_leaves_mode_rng_and_weights_alone():
+    torch.manual_seed(0)
+    model = MLP(dropout=0.5).train()
+    X, y = make_spiral(50, 3, 0.2, torch.Generator().manual_seed(0))
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    image = BoundaryAnimation(resolution=16, scale=2).frame(model, X, y, epoch=0, val_acc=0.5)
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
+    assert image.shape[1:] == (32, 3) and image.dtype == np.uint8
+
+
+def test_every_n_epochs():
+    animation = BoundaryAnimation(every_n_epochs=3)
+    assert [epoch for epoch in range(10) if animation.wants(epoch)] == [2, 5, 8]
+    assert not any(BoundaryAnimation(every_n_epochs=0).wants(epoch) for epoch in range(10))
