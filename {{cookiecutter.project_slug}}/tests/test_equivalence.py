@@ -15,7 +15,7 @@ import torch
 
 import train
 import train_torch
-from conftest import QUIET, SMALL
+from conftest import QUIET, SMALL, event_scalars, run
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
@@ -76,6 +76,19 @@ def test_the_default_experiment_is_identical_for_all_100_epochs(tmp_path, writte
     assert steps == list(range(100 * math.ceil(1800 / 64)))  # every optimizer step, from 0
     assert len(written["lightning"]["val/loss"]) == len(written["lightning"]["train/lr"]) == 100
     assert mismatches(cli, plain, written) == []
+
+
+def test_the_entry_points_with_no_flags_write_equal_event_files(tmp_path):
+    """`python train.py fit` and `python train_torch.py`, exactly as a user types them."""
+    for script, args in (("train.py", ["fit"]), ("train_torch.py", [])):
+        result = run(script, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    lightning, plain = (event_scalars(tmp_path / "logs" / side / "version_0") for side in ("lightning", "torch"))
+    for tag in ("train/loss", "val/loss", "val/acc"):
+        assert len(lightning[tag]) == len(plain[tag]) > 0
+        assert [step for step, _ in lightning[tag]] == [step for step, _ in plain[tag]], tag
+        assert torch.equal(torch.tensor([v for _, v in lightning[tag]]), torch.tensor([v for _, v in plain[tag]])), tag
+    assert len(plain["train/loss"]) == 2900 and len(plain["val/loss"]) == 100
 
 
 @pytest.fixture(scope="module")
