@@ -30,7 +30,8 @@ def test_entry_points_write_pixel_identical_gifs_and_image_tags(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "decision_boundary.gif" in result.stdout
     lightning, plain = (tmp_path / "logs" / side / "version_0" for side in ("lightning", "torch"))
-    lightning_frames, plain_frames = gif_frames(lightning / "decision_boundary.gif"), gif_frames(plain / "decision_boundary.gif")
+    lightning_frames = gif_frames(lightning / "decision_boundary.gif")
+    plain_frames = gif_frames(plain / "decision_boundary.gif")
     assert len(lightning_frames) == len(plain_frames) == 5
     assert all(np.array_equal(a, b) for a, b in zip(lightning_frames, plain_frames, strict=True))
     assert not np.array_equal(lightning_frames[0], lightning_frames[-1])  # the boundary moves

@@ -1,1 +1,1 @@
-"""{{ cookiecutter.project_name }}: a Lightning project whose every hook maps to a line of a plain PyTorch loop."""
+"""A Lightning classifier whose every hook maps to a line of a plain PyTorch loop (loop.py), proven equal to it."""

@@ -12,9 +12,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from PIL import Image, ImageDraw, ImageFont
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
@@ -84,7 +84,11 @@ class BoundaryAnimation:
     """Collects frames every `every_n_epochs` epochs and writes them as a GIF."""
 
     def __init__(
-        self, every_n_epochs: NonNegativeInt = 1, resolution: PositiveInt = 48, scale: PositiveInt = 4, frame_ms: PositiveInt = 80
+        self,
+        every_n_epochs: NonNegativeInt = 1,
+        resolution: PositiveInt = 48,
+        scale: PositiveInt = 4,
+        frame_ms: PositiveInt = 80,
     ):
         """
         Args:
