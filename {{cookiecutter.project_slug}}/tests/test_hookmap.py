@@ -164,3 +164,9 @@ def test_the_map_is_printable_as_markdown():
     table = markdown()
     assert all(f"`{row.line}`" in table for row in ROWS)
     assert all(why in table for why in COMMUTING.values())
+
+
+def test_the_readme_shows_the_table_as_it_is():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("<!-- hookmap:")[1].split("-->", 1)[1].split("<!-- /hookmap -->")[0]
+    assert shown.strip() == markdown().strip()
