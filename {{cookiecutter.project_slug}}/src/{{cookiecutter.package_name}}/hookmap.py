@@ -45,7 +45,7 @@ ROWS = (
     Row("for epoch in trange(max_epochs, ...)", "`Trainer(max_epochs=...)`", "-"),
     Row(
         "model.train()",
-        "the Trainer, before each training epoch",
+        "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
         "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
         (TRAIN_FORWARD, "training_step"),
     ),

@@ -52,7 +52,7 @@ def fit(
     step = 0
     for epoch in trange(max_epochs, desc="fit", unit="epoch", disable=not progress_bar):  # Trainer(max_epochs=...)
         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)  # LearningRateMonitor
-        model.train()  # the Trainer, before each training epoch
+        model.train()  # the Trainer restores it after each validation (on_validation_model_train)
         for X_batch, y_batch in loader:
             X_batch, y_batch = X_batch.to(device), y_batch.to(device)  # transfer_batch_to_device
             optimiser.zero_grad()  # optimizer_zero_grad

@@ -1,0 +1,285 @@
+"""The pitfalls lab's evidence, asserted: each moved line shows its symptom, and the correct loop does not.
+
+Every check runs on both loops, so each test fails if the symptom is gone or if the correct loop shows it too.
+The runs are pitfalls.QUICK's (600 points, 4 epochs, clipping at 0.05 so that it bites), each variant trained once.
+"""
+
+import math
+import os
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }} import pitfalls
+from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.model import MLP
+from {{ cookiecutter.package_name }}.pitfalls import QUICK, Lab, identical
+
+ROOT = Path(__file__).resolve().parents[1]
+S = QUICK
+
+
+@pytest.fixture(scope="module")
+def lab() -> Lab:
+    return Lab(S)
+
+
+def moved(lab: Lab, line: str, place: str | None, **switches) -> pitfalls.Run:
+    return lab.run({line: place}, **switches)
+
+
+def first_epoch(values: torch.Tensor, run: pitfalls.Run) -> torch.Tensor:
+    return values[: run.steps_per_epoch]
+
+
+def later_epochs(values: torch.Tensor, run: pitfalls.Run) -> torch.Tensor:
+    return values[run.steps_per_epoch :]
+
+
+# --- 1: model.to(dtype) after the optimiser ---
+
+
+def test_a_dtype_change_after_the_optimiser_changes_nothing_by_default(lab):
+    correct = lab.run(dtype=torch.float64)
+    late = moved(lab, "model.to(dtype)", "after the optimiser", dtype=torch.float64)
+    assert late.params["net.0.weight"].dtype == torch.float64
+    assert late.optimiser_has_model_params and correct.optimiser_has_model_params
+    assert identical(correct, late)
+
+
+def test_with_the_overwrite_flag_the_optimiser_updates_discarded_parameters(lab):
+    correct = lab.run(dtype=torch.float64, overwrite=True)
+    late = moved(lab, "model.to(dtype)", "after the optimiser", dtype=torch.float64, overwrite=True)
+    assert correct.optimiser_has_model_params and correct.change > 0
+    assert not late.optimiser_has_model_params and late.change == 0
+    assert torch.equal(late.val_losses, late.val_losses[:1].expand(S.epochs))  # the model never changed
+    assert not torch.__future__.get_overwrite_module_params_on_conversion()  # the lab restored torch's default
+
+
+# --- 2: zero_grad left out, between backward and step, after step ---
+
+
+def test_without_zero_grad_gradients_pile_up(lab):
+    correct, left_out = lab.run(), moved(lab, "optimiser.zero_grad()", None)
+    assert not correct.leftover.any()  # .grad empty at every backward
+    assert (left_out.leftover[1:] > 0).all()  # every backward after the first adds to what is there
+    assert not torch.equal(correct.losses, left_out.losses)
+
+
+def test_the_update_uses_the_sum_of_the_batches_gradients():
+    """Without zero_grad, .grad after two backward passes is exactly the sum of the two batches' gradients."""
+    torch.manual_seed(0)
+    model, criterion = MLP(), torch.nn.CrossEntropyLoss()
+    batches = [(torch.randn(8, 2), torch.randint(0, 3, (8,))) for _ in range(2)]
+    alone = [torch.autograd.grad(criterion(model(X), y), model.parameters()) for X, y in batches]
+    for X, y in batches:
+        criterion(model(X), y).backward()
+    assert all(torch.equal(p.grad, a + b) for p, a, b in zip(model.parameters(), *alone))
+
+
+def test_zero_grad_between_backward_and_step_stops_training(lab):
+    correct, wiped = lab.run(), moved(lab, "optimiser.zero_grad()", "after loss.backward()")
+    assert (correct.applied > 0).all() and correct.change > 0
+    assert not wiped.applied.any() and wiped.change == 0
+
+
+def test_zero_grad_after_step_is_harmless(lab):
+    assert identical(lab.run(), moved(lab, "optimiser.zero_grad()", "after optimiser.step()"))
+
+
+# --- 3, 4: clip_grad_norm_ before backward, after step ---
+
+
+def test_clipping_bites_in_the_correct_loop(lab):
+    """So that 3 and 4 can fail: the correct loop's clipping changes the run."""
+    correct, unclipped = lab.run(), moved(lab, "clip_grad_norm_()", None)
+    assert correct.clip_saw.max() > S.clip
+    assert correct.applied.max() <= S.clip * (1 + 1e-4)
+    assert not identical(correct, unclipped)
+
+
+def test_clipping_before_backward_does_nothing(lab):
+    early, unclipped = moved(lab, "clip_grad_norm_()", "after the forward"), moved(lab, "clip_grad_norm_()", None)
+    assert not early.clip_saw.any()  # no gradient to see
+    assert early.applied.max() > S.clip
+    assert identical(early, unclipped)
+
+
+def test_clipping_after_step_equals_no_clipping_bit_for_bit(lab):
+    late, unclipped = moved(lab, "clip_grad_norm_()", "after optimiser.step()"), moved(lab, "clip_grad_norm_()", None)
+    assert late.clip_saw.max() > S.clip  # it did clip, too late
+    assert identical(late, unclipped)
+
+
+# --- 5: scheduler.step() inside the batch loop ---
+
+
+def cosine(step: int) -> float:
+    return S.lr * (1 + math.cos(math.pi * step / S.epochs)) / 2
+
+
+def test_scheduler_step_in_the_batch_loop_decays_every_batch(lab):
+    correct, per_batch = lab.run(), moved(lab, "scheduler.step()", "after optimiser.step()")
+    epoch = torch.arange(len(correct.lrs)) // correct.steps_per_epoch
+    expected_per_epoch = torch.tensor([cosine(e) for e in epoch.tolist()], dtype=torch.float64)
+    expected_per_batch = torch.tensor([cosine(i) for i in range(len(correct.lrs))], dtype=torch.float64)
+    assert torch.allclose(correct.lrs, expected_per_epoch)
+    assert torch.allclose(per_batch.lrs, expected_per_batch, atol=1e-12)
+    assert not torch.allclose(per_batch.lrs, expected_per_epoch)
+
+
+# --- 6: model.train() left out; 6b: model.eval() left out ---
+
+
+def test_without_model_train_training_goes_on_in_eval_mode(lab):
+    correct = lab.run(dropout=S.dropout)
+    left_out = moved(lab, "model.train()", None, dropout=S.dropout)
+    assert correct.train_mode.all()
+    assert first_epoch(left_out.train_mode, left_out).all() and not later_epochs(left_out.train_mode, left_out).any()
+    assert torch.equal(first_epoch(correct.losses, correct), first_epoch(left_out.losses, left_out))
+    assert not torch.equal(later_epochs(correct.losses, correct), later_epochs(left_out.losses, left_out))
+
+
+def test_without_model_eval_validation_runs_dropout(lab):
+    correct = lab.run(dropout=S.dropout)
+    left_out = moved(lab, "model.eval()", None, dropout=S.dropout)
+    assert correct.val_losses[0] != left_out.val_losses[0]
+    assert torch.equal(first_epoch(correct.losses, correct), first_epoch(left_out.losses, left_out))
+
+
+# --- 7: no_grad left out of validation; 8: logging loss instead of loss.item() ---
+
+
+def test_without_no_grad_validation_keeps_a_graph_per_batch(lab):
+    correct, left_out = lab.run(), lab.run(no_grad=False)
+    batches = left_out.kept.shape[1]
+    assert batches >= 3
+    assert not correct.kept.any()
+    per_batch = left_out.kept[0, 0]
+    assert per_batch > 0
+    assert torch.equal(left_out.kept, per_batch * torch.arange(1, batches + 1).expand(S.epochs, batches))
+    assert (left_out.kept_bytes[:, 1:] > left_out.kept_bytes[:, :-1]).all()
+    assert identical(correct, left_out)  # memory only: not a number changes
+
+
+def test_logging_the_loss_tensor_keeps_every_steps_graph(lab):
+    correct, tensors = lab.run(), lab.run(log_item=False)
+    assert correct.logged_nodes == 0
+    assert tensors.logged_nodes > len(tensors.losses)  # several nodes for each step's graph
+    assert correct.kept_after == tensors.kept_after == 0  # backward freed what the graphs saved
+    assert identical(correct, tensors)
+
+
+def test_graph_nodes_grow_with_the_steps_logged():
+    x = torch.ones(3, requires_grad=True)
+    logged = [(x * i).sum() for i in range(1, 6)]
+    assert pitfalls.graph_nodes(logged[:1]) < pitfalls.graph_nodes(logged) and pitfalls.graph_nodes([1.0]) == 0
+
+
+# --- 9: the global RNG and the validation DataLoader; 9b: RandomSampler's extra permutation ---
+
+
+def test_a_validation_dataloader_shifts_a_generatorless_shuffle_from_epoch_2(lab):
+    on_tensor = lab.run(loader_generator=False, validate_on="tensor")
+    on_loader = lab.run(loader_generator=False, validate_on="loader")
+    assert torch.equal(first_epoch(on_tensor.losses, on_tensor), first_epoch(on_loader.losses, on_loader))
+    assert pitfalls.equal_steps(on_tensor.losses, on_loader.losses) == on_tensor.steps_per_epoch
+
+
+def test_its_own_generator_makes_the_two_loops_identical(lab):
+    on_tensor = lab.run(validate_on="tensor")
+    on_loader = lab.run(validate_on="loader")
+    assert torch.equal(on_tensor.losses, on_loader.losses)
+
+
+def orders(loader, stop_at_len: bool) -> list[torch.Tensor]:
+    return pitfalls.shuffle_orders(loader, 3, stop_at_len)
+
+
+def test_random_sampler_past_its_end_shuffles_later_epochs_differently():
+    def loader():
+        return torch.utils.data.DataLoader(
+            torch.arange(128), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+
+    plain, stopped = orders(loader(), False), orders(loader(), True)
+    assert [torch.equal(a, b) for a, b in zip(plain, stopped)] == [True, False, False]
+
+
+def test_the_projects_training_loader_agrees_either_way():
+    def loader():
+        data = SpiralDataModule(points_per_class=100, batch_size=60)
+        data.setup("fit")
+        assert len(data.train_set) % 60 == 0
+        return data.train_dataloader()
+
+    def order(stop_at_len: bool) -> list[torch.Tensor]:
+        dl = loader()
+        return [torch.cat([X for X, _ in (islice(dl, len(dl)) if stop_at_len else dl)]) for _ in range(3)]
+
+    assert all(torch.equal(a, b) for a, b in zip(order(False), order(True)))
+
+
+# --- 10: lines that commute ---
+
+
+@pytest.mark.parametrize(
+    "line, place", [("scheduler.step()", "after validation"), ("optimiser.zero_grad()", "after the forward")]
+)
+def test_lines_you_may_move_change_nothing(lab, line, place):
+    assert identical(lab.run(), moved(lab, line, place))
+
+
+# --- the lab itself ---
+
+
+def test_a_misspelt_place_is_refused():
+    with pytest.raises(ValueError, match="cannot put"):
+        pitfalls.train(S, {"clip_grad_norm_()": "after backward"})
+
+
+EXPECTED = {
+    "1a": "**no**",
+    "1b": "**yes**",
+    "2a": "**yes**",
+    "2b": "**no**",
+    "2c": "**no**",
+    "3": "**yes**",
+    "4": "**yes**",
+    "5": "**yes**",
+    "6": "**yes**",
+    "6b": "dropout stays on",
+    "7": "**yes**",
+    "8": "**yes**",
+    "9": "the shuffle order shifts",
+    "9b": "`RandomSampler` draws",
+    "10a": "a line you may move",
+    "10b": "a line you may move",
+}
+
+
+def test_every_row_reports_what_was_measured(lab):
+    findings = [row(lab) for row in pitfalls.ROWS]
+    assert {f.number: f.verdict[: len(EXPECTED[f.number])] for f in findings} == EXPECTED
+
+
+def test_the_lab_runs_as_a_module(tmp_path):
+    out = tmp_path / "logs" / "pitfalls" / "pitfalls.md"
+    result = subprocess.run(
+        [sys.executable, "-m", pitfalls.__name__, "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    table = out.read_text()
+    assert table.strip() in result.stdout and str(out) in result.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(EXPECTED)
+    for line in ["model.to", "zero_grad", "clip_grad_norm_", "scheduler.step", "model.train", "no_grad", "loss.item()"]:
+        assert line in table
