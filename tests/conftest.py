@@ -22,7 +22,6 @@ if not Path(COOKIECUTTER).exists():
 # Every subprocess gets one thread: the baked project trains tiny models on the CPU, where torch's
 # intra-op threads cost more in synchronisation than they save (much faster on a 2-core machine).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-DEFAULT_SLUG = "spiral-classifier"
 
 
 @dataclass
@@ -30,9 +29,11 @@ class Bake:
     result: subprocess.CompletedProcess
     output: Path  # the directory cookiecutter wrote into (`-o`)
 
-    def project(self, slug: str = DEFAULT_SLUG) -> Path:
+    def project(self) -> Path:
+        """The one directory the bake made."""
         assert self.result.returncode == 0, f"cookiecutter failed:\n{self.result.stdout}\n{self.result.stderr}"
-        return self.output / slug
+        [project] = self.output.iterdir()
+        return project
 
 
 @pytest.fixture(scope="session")

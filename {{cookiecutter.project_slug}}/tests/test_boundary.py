@@ -8,10 +8,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 import train_torch
-from conftest import QUIET, SMALL, run
 from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import make_spiral
 from {{ cookiecutter.package_name }}.model import MLP
+
+from conftest import QUIET, SMALL, run
 
 
 def gif_frames(path) -> list[np.ndarray]:

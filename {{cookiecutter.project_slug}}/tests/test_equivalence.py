@@ -15,9 +15,10 @@ import torch
 
 import train
 import train_torch
-from conftest import QUIET, SMALL, event_scalars, run
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
+
+from conftest import QUIET, SMALL, event_scalars, run
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 

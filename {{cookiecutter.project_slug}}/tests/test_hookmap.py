@@ -16,11 +16,12 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
 import train_torch
-from conftest import QUIET
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.hookmap import COMMUTING, ROWS, TRAIN_FORWARD, VAL_FORWARD, markdown
 from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
+
+from conftest import QUIET
 
 # 90 training points: batches of 64 and 26; no animation (its forward runs in a callback, not a module hook).
 TINY = ["--trainer.max_epochs=2", "--data.points_per_class=50", "--boundary.every_n_epochs=0"]
