@@ -38,16 +38,20 @@ def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     points, labels = [], []
-    with path.open(newline="") as file:
+    header_allowed = True  # on the first row that is not blank
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first number; undecodable bytes
+    # become U+FFFD, so the row fails below with its line number instead of a UnicodeDecodeError.
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as file:
         for line, row in enumerate(csv.reader(file), start=1):
             if not row or all(not cell.strip() for cell in row):
                 continue
+            is_first, header_allowed = header_allowed, False
             if len(row) != 3:
                 raise DataError(f"{path}:{line}: expected 3 columns x1,x2,label, found {len(row)}")
             try:
                 x1, x2, label = float(row[0]), float(row[1]), int(row[2])
             except ValueError:
-                if line == 1 and not points:
+                if is_first:
                     continue  # a header
                 raise DataError(f"{path}:{line}: expected numbers x1,x2 and an integer label, found {row}") from None
             if not (math.isfinite(x1) and math.isfinite(x2)):
@@ -122,6 +126,11 @@ class SpiralDataModule(L.LightningDataModule):
         # Its own generator: drawing from the global RNG here would make the shuffle order depend on
         # everything else that draws from it (dropout, and every iter() over a validation DataLoader).
         self.generator = torch.Generator().manual_seed(seed)
+
+    def prepare_data(self) -> None:
+        # The Trainer calls this before its logger makes the run directory: a bad data file, or too few points
+        # to split, stops the run here with nothing written under logs/. setup() runs again, on every process.
+        self.setup("fit")
 
     def setup(self, stage: str) -> None:
         hp = self.hparams

@@ -1,0 +1,260 @@
+"""The entry points as a user runs them: `python train.py fit|validate|test|predict` and `python train_torch.py`.
+
+One tiny fit is shared by the module; validate, test and predict start from its last.ckpt. Bad config values
+run in this process through the same main() the scripts call (a subprocess each would cost seconds of imports).
+"""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning import Trainer
+
+import train
+import train_torch
+from conftest import QUIET, ROOT, event_scalars, run
+from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.module import SpiralClassifier
+
+# In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+
+EPOCHS, STEPS_PER_EPOCH = 2, 3  # 90 training points in batches of 32, 32 and 26
+DATA = ["--data.points_per_class=50", "--data.batch_size=32"]
+TINY = [
+    f"--config={ROOT / 'configs' / 'smoke.yaml'}",
+    *QUIET,
+    "--trainer.enable_model_summary=false",
+    f"--trainer.max_epochs={EPOCHS}",
+    *DATA,
+]
+POINTS = [(0.5, -0.25, 0), (-1.0, 2.0, 1), (3.0, 0.125, 2), (0.0, 0.0, 1), (1e-3, -4e2, 0), (0.3, 0.3, 2), (2, 1, 0)]
+
+
+def succeeded(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def last_line(result) -> str:
+    """The one line a failed run says why in: the last of stderr, and the only one that starts with error:."""
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.stderr[-3000:]
+    return lines[-1]
+
+
+def saved_test_split(run_dir: Path):
+    """The test split of the data a run used, rebuilt from the config.yaml it saved."""
+    data = SpiralDataModule(**yaml.safe_load((run_dir / "config.yaml").read_text())["data"])
+    data.setup("test")
+    return data.test_set
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> Path:
+    """The run directory of one tiny `python train.py fit`, logs/lightning/version_0."""
+    cwd = tmp_path_factory.mktemp("fit")
+    succeeded(run("train.py", "fit", *TINY, cwd=cwd))
+    return cwd / "logs" / "lightning" / "version_0"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(fitted) -> Path:
+    return fitted / "checkpoints" / "last.ckpt"
+
+
+def test_fit_logs_every_step_and_every_epoch(fitted):
+    scalars = event_scalars(fitted)
+    steps = [step for step, _ in scalars["train/loss"]]
+    assert steps == list(range(EPOCHS * STEPS_PER_EPOCH))  # every optimizer step, from 0
+    assert all(math.isfinite(loss) for _, loss in scalars["train/loss"])
+    epoch_ends = [STEPS_PER_EPOCH * (epoch + 1) - 1 for epoch in range(EPOCHS)]
+    assert [step for step, _ in scalars["val/loss"]] == epoch_ends
+    assert [step for step, _ in scalars["val/acc"]] == epoch_ends
+    assert all(0 <= acc <= 1 for _, acc in scalars["val/acc"])
+    # The learning rate of each epoch, at its first step: cosine annealing from 1e-3 over 2 epochs.
+    assert [step for step, _ in scalars["train/lr"]] == [STEPS_PER_EPOCH * epoch for epoch in range(EPOCHS)]
+    assert [lr for _, lr in scalars["train/lr"]] == pytest.approx([1e-3, 5e-4])
+
+
+def test_fit_keeps_its_config_hyperparameters_and_checkpoints(fitted, checkpoint):
+    config = yaml.safe_load((fitted / "config.yaml").read_text())
+    assert config["trainer"]["max_epochs"] == EPOCHS
+    assert config["data"]["points_per_class"] == 50 and config["data"]["batch_size"] == 32
+    assert config["model"]["lr"] == 1e-3 and config["seed_everything"] == 0
+    hparams = yaml.safe_load((fitted / "hparams.yaml").read_text())
+    assert {key: hparams[key] for key in ("lr", "hidden", "dropout", "points_per_class", "batch_size")} == {
+        "lr": 1e-3,
+        "hidden": 128,
+        "dropout": 0.0,
+        "points_per_class": 50,
+        "batch_size": 32,
+    }
+    # Lightning resumes with torch.load(weights_only=True): everything in the checkpoint must survive it.
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (EPOCHS - 1, EPOCHS * STEPS_PER_EPOCH)
+
+
+def test_a_second_fit_from_the_saved_config_is_version_1_and_the_same_run(fitted):
+    cwd = fitted.parents[2]
+    succeeded(run("train.py", "fit", f"--config={fitted / 'config.yaml'}", cwd=cwd))
+    again = cwd / "logs" / "lightning" / "version_1"
+    assert (again / "checkpoints" / "last.ckpt").is_file() and (again / "config.yaml").is_file()
+    first, second = event_scalars(fitted), event_scalars(again)
+    for tag in ("train/loss", "val/loss", "val/acc", "train/lr"):
+        assert second[tag] == first[tag], tag
+
+
+def test_validate_from_the_checkpoint_gives_the_last_epochs_val_loss(fitted, checkpoint, tmp_path):
+    succeeded(run("train.py", "validate", *TINY, f"--ckpt_path={checkpoint}", cwd=tmp_path))
+    scalars = event_scalars(tmp_path / "logs" / "lightning" / "version_0")
+    [(_, val_loss)] = scalars["val/loss"]
+    [(_, val_acc)] = scalars["val/acc"]
+    fit = event_scalars(fitted)
+    assert (val_loss, val_acc) == (fit["val/loss"][-1][1], fit["val/acc"][-1][1])
+
+
+def test_test_from_the_checkpoint_scores_the_test_split(checkpoint, tmp_path):
+    succeeded(run("train.py", "test", *TINY, f"--ckpt_path={checkpoint}", cwd=tmp_path))
+    run_dir = tmp_path / "logs" / "lightning" / "version_0"
+    scalars = event_scalars(run_dir)
+    [(_, test_loss)] = scalars["test/loss"]
+    [(_, test_acc)] = scalars["test/acc"]
+    model = SpiralClassifier.load_from_checkpoint(checkpoint).eval()
+    X, y = saved_test_split(run_dir).tensors
+    with torch.no_grad():
+        logits = model(X)
+    assert test_loss == pytest.approx(model.criterion(logits, y).item(), rel=1e-6)
+    assert test_acc == pytest.approx((logits.argmax(dim=1) == y).float().mean().item(), abs=1e-6)
+
+
+def read_predictions(result, cwd: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The path the run printed -> points (N, 2), labels (N,) and probabilities (N, classes) it wrote."""
+    [path] = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("predictions: ")]
+    assert (cwd / path).is_file() and (cwd / path).parent == cwd / "logs" / "lightning" / "version_0"
+    with (cwd / path).open(newline="") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["x1", "x2", "label", "p0", "p1", "p2", "predicted"]
+    table = torch.tensor([[float(cell) for cell in row] for row in rows], dtype=torch.float64)
+    probabilities = table[:, 3:6]
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(rows), dtype=torch.float64), atol=1e-5)
+    assert torch.equal(table[:, 6].long(), probabilities.argmax(dim=1))
+    return table[:, :2].float(), table[:, 2].long(), probabilities
+
+
+def test_predict_writes_the_test_splits_probabilities(checkpoint, tmp_path):
+    result = run("train.py", "predict", *TINY, f"--ckpt_path={checkpoint}", cwd=tmp_path)
+    X, y, probabilities = read_predictions(succeeded(result), tmp_path)
+    test_set = saved_test_split(tmp_path / "logs" / "lightning" / "version_0")
+    assert torch.equal(X, test_set.tensors[0]) and torch.equal(y, test_set.tensors[1])  # one row per point
+    with torch.no_grad():
+        expected = SpiralClassifier.load_from_checkpoint(checkpoint).eval()(X).softmax(dim=1)
+    assert torch.allclose(probabilities, expected.double(), atol=1e-6)
+
+
+def test_predict_on_a_csv_file_predicts_every_point_of_it(checkpoint, tmp_path):
+    (tmp_path / "mine.csv").write_text("x1,x2,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in POINTS))
+    result = run("train.py", "predict", *TINY, f"--ckpt_path={checkpoint}", "--data.path=mine.csv", cwd=tmp_path)
+    X, y, _ = read_predictions(succeeded(result), tmp_path)
+    assert torch.equal(X, torch.tensor([p[:2] for p in POINTS], dtype=torch.float32))
+    assert y.tolist() == [p[2] for p in POINTS]
+
+
+def test_the_plain_loop_writes_the_same_tags_and_values(fitted, tmp_path):
+    stdout = succeeded(run("train_torch.py", *TINY, cwd=tmp_path)).stdout
+    run_dir = tmp_path / "logs" / "torch" / "version_0"
+    assert f"logs: {Path('logs') / 'torch' / 'version_0'}" in stdout
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["trainer"]["max_epochs"] == EPOCHS and config["data"]["points_per_class"] == 50
+    plain, lightning = event_scalars(run_dir), event_scalars(fitted)
+    for tag in ("train/loss", "val/loss", "val/acc", "train/lr"):
+        assert plain[tag] == lightning[tag], tag
+
+
+# --- bad input: refused before training, by name, with nothing written under logs/ ---
+
+BAD_FILES = {
+    "missing": (None, "error: bad.csv: no such file"),
+    "nan": ("x1,x2,label\n0.1,0.2,0\nnan,0.5,1\n", "error: bad.csv:3: coordinates must be finite, found nan,0.5"),
+    "label": ("0.1,0.2,0\n0.3,0.4,1\n\n0.5,0.6,3\n", "error: bad.csv:4: label 3 is outside 0..2 (data.classes=3)"),
+}
+
+
+@pytest.mark.parametrize("script, name", [("train.py", "missing"), ("train.py", "nan"), ("train_torch.py", "label")])
+def test_a_bad_data_file_is_one_line_naming_file_and_line(tmp_path, script, name):
+    text, message = BAD_FILES[name]
+    if text is not None:
+        (tmp_path / "bad.csv").write_text(text)
+    subcommand = ["fit"] if script == "train.py" else []
+    result = run(script, *subcommand, *TINY, "--data.path=bad.csv", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert last_line(result) == message
+    assert not (tmp_path / "logs").exists()
+
+
+BAD_VALUES = {
+    "batch_size 0": (["--data.batch_size", "0"], "data.batch_size"),
+    "batch_size not a number": (["--data.batch_size=many"], "data.batch_size"),
+    "lr 0": (["--model.lr", "0"], "model.lr"),
+    "lr -1": (["--model.lr", "-1"], "model.lr"),
+    "hidden 0": (["--model.hidden=0"], "model.hidden"),
+    "dropout 1": (["--model.dropout=1.0"], "model.dropout"),
+    "dropout -0.1": (["--model.dropout=-0.1"], "model.dropout"),
+    "val_fraction 1.5": (["--data.val_fraction=1.5"], "data.val_fraction"),
+    "val_fraction 0": (["--data.val_fraction=0"], "data.val_fraction"),
+    "test_fraction 1": (["--data.test_fraction=1"], "data.test_fraction"),
+    "fractions summing to 1": (["--data.val_fraction=0.5", "--data.test_fraction=0.5"], "data.val_fraction + data."),
+    "fractions summing over 1": (["--data.val_fraction=0.7", "--data.test_fraction=0.4"], "data.val_fraction + data."),
+    "noise -1": (["--data.noise=-1"], "data.noise"),
+    "max_epochs 0": (["--trainer.max_epochs", "0"], "trainer.max_epochs"),
+    "max_epochs -1": (["--trainer.max_epochs=-1"], "trainer.max_epochs"),
+    "persistent_workers without workers": (["--data.persistent_workers=true"], "data.persistent_workers"),
+    "an unknown key": (["--model.nope", "1"], "model.nope"),
+}
+# One value each just inside what BAD_VALUES is just outside, given the same way.
+GOOD_VALUES = [
+    *["--data.batch_size", "1", "--model.lr", "1e-9", "--model.hidden=1", "--model.dropout=0.99"],
+    *["--data.val_fraction=0.49", "--data.test_fraction=0.49", "--data.noise=0", "--trainer.max_epochs", "1"],
+    *["--data.num_workers=1", "--data.persistent_workers=true"],
+]
+MAINS = {"train.py fit": lambda args: train.main(["fit", *args]), "train_torch.py": train_torch.main}
+
+
+class Started(Exception):
+    """Raised where training would start."""
+
+
+@pytest.fixture
+def no_training(tmp_path, monkeypatch) -> None:
+    """Run in tmp_path; where either entry point would start training, raise Started instead."""
+
+    def start(*args, **kwargs):
+        raise Started
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "fit", start)
+    monkeypatch.setattr(train_torch, "fit", start)
+
+
+@pytest.mark.parametrize("entry", MAINS)
+@pytest.mark.parametrize("name", BAD_VALUES)
+def test_a_bad_config_value_is_refused_by_name(name, entry, tmp_path, no_training, capsys):
+    flags, parameter = BAD_VALUES[name]
+    with pytest.raises(SystemExit) as stop:
+        MAINS[entry]([*TINY, *flags])
+    assert stop.value.code not in (0, None)
+    said = capsys.readouterr().err + (stop.value.code if isinstance(stop.value.code, str) else "")
+    assert parameter in said[said.rindex("error:") :]  # in the message, not just in the usage it may print
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("entry", MAINS)
+def test_the_good_values_next_to_the_bad_ones_reach_training(entry, no_training):
+    """The negative control: the values above fail because of what they are, not because of how they are given."""
+    with pytest.raises(Started):
+        MAINS[entry]([*TINY, *GOOD_VALUES])

@@ -1,0 +1,279 @@
+"""The data: the spiral, its splits, the shuffle order, and CSV files (good ones load, bad ones are named by line)."""
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, load_csv, make_spiral
+
+
+def prepared(**kwargs) -> SpiralDataModule:
+    data = SpiralDataModule(**kwargs)
+    data.setup("fit")
+    return data
+
+
+def table(X: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float, int]]:
+    """The (x1, x2, label) rows of a split or a batch."""
+    return list(zip(*X.T.tolist(), y.tolist()))
+
+
+def rows(dataset) -> Counter:
+    """The rows of a TensorDataset, as a multiset."""
+    return Counter(table(*dataset.tensors))
+
+
+def epoch(data: SpiralDataModule) -> list[int]:
+    """One pass over the training loader: the order it serves the training points in, as indices into train_set."""
+    index = {row: i for i, row in enumerate(table(*data.train_set.tensors))}
+    assert len(index) == len(data.train_set)  # no two points alike
+    return [index[row] for batch in data.train_dataloader() for row in table(*batch)]
+
+
+# --- the spiral ---
+
+
+def test_spiral_shapes_dtypes_and_balance():
+    X, y = make_spiral(points_per_class=100, classes=4, noise=0.2, generator=torch.Generator().manual_seed(0))
+    assert X.shape == (400, 2) and X.dtype == torch.float32
+    assert y.shape == (400,) and y.dtype == torch.int64
+    assert torch.bincount(y).tolist() == [100] * 4
+    assert torch.isfinite(X).all()
+    assert X.norm(dim=1).max() <= 1 + 1e-6  # the arms end at radius 1
+
+
+def test_spiral_noise_is_seeded():
+    def spiral(seed: int, noise: float = 0.2) -> torch.Tensor:
+        return make_spiral(50, 3, noise, torch.Generator().manual_seed(seed))[0]
+
+    assert torch.equal(spiral(0), spiral(0))
+    assert not torch.equal(spiral(0), spiral(1))
+    assert torch.equal(spiral(0, noise=0.0), spiral(1, noise=0.0))
+
+
+# --- splits ---
+
+
+@pytest.mark.parametrize(
+    "points_per_class, val_fraction, test_fraction, sizes",
+    [(1000, 0.2, 0.2, (1800, 600, 600)), (50, 0.1, 0.3, (90, 15, 45)), (7, 0.25, 0.25, (11, 5, 5))],
+)
+def test_split_sizes_follow_the_fractions(points_per_class, val_fraction, test_fraction, sizes):
+    data = prepared(points_per_class=points_per_class, val_fraction=val_fraction, test_fraction=test_fraction)
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == sizes
+
+
+def test_splits_are_disjoint_and_cover_every_point():
+    data = prepared(points_per_class=200)
+    everything = rows(data.all_points)
+    assert len(everything) == 600  # every point distinct, so the multiset sum below means "each exactly once"
+    assert rows(data.train_set) + rows(data.val_set) + rows(data.test_set) == everything
+    assert all(rows(data.train_set)[row] == 0 for row in rows(data.val_set) | rows(data.test_set))
+
+
+def test_every_split_holds_every_class():
+    data = prepared(points_per_class=200)
+    for split in (data.train_set, data.val_set, data.test_set):
+        assert set(split.tensors[1].tolist()) == {0, 1, 2}
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a, b, c = prepared(seed=3), prepared(seed=3), prepared(seed=4)
+    for split in ("train_set", "val_set", "test_set"):
+        for ta, tb, tc in zip(getattr(a, split).tensors, getattr(b, split).tensors, getattr(c, split).tensors):
+            assert torch.equal(ta, tb)
+            assert not torch.equal(ta, tc)
+
+
+def test_setup_again_gives_the_same_splits():
+    """The Trainer calls prepare_data and setup, the plain loop calls setup twice: the data must not change."""
+    data = prepared()
+    before = [t.clone() for split in (data.train_set, data.val_set, data.test_set) for t in split.tensors]
+    data.prepare_data()
+    data.setup("test")
+    after = [t for split in (data.train_set, data.val_set, data.test_set) for t in split.tensors]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+
+# --- loaders ---
+
+
+def test_batch_shapes():
+    data = prepared(points_per_class=100, batch_size=64)  # 180 training points: 64, 64, 52
+    batches = list(data.train_dataloader())
+    assert [(X.shape, y.shape) for X, y in batches] == [((n, 2), (n,)) for n in (64, 64, 52)]
+    assert all(X.dtype == torch.float32 and y.dtype == torch.int64 for X, y in batches)
+    [(X_val, _)] = list(data.val_dataloader())  # val_batch_size None: the whole split in one batch
+    assert X_val.shape == (60, 2)
+    assert [len(y) for _, y in prepared(points_per_class=100, val_batch_size=25).val_dataloader()] == [25, 25, 10]
+
+
+def test_shuffle_order_follows_the_data_seed_and_nothing_else():
+    a, b, c = prepared(seed=0), prepared(seed=0), prepared(seed=1)
+    torch.manual_seed(123)  # the global RNG must not matter
+    first_a, second_a = epoch(a), epoch(a)
+    torch.manual_seed(456)
+    torch.rand(10)
+    first_b, second_b = epoch(b), epoch(b)
+    assert first_a == first_b and second_a == second_b
+    assert first_a != second_a  # a new order every epoch
+    assert sorted(first_a) == list(range(len(a.train_set))) != first_a  # every point once, shuffled
+    assert first_a != epoch(c)
+
+
+def test_state_dict_restores_the_next_epochs_order():
+    data = prepared(points_per_class=100)
+    epoch(data)
+    state = data.state_dict()
+    expected = [epoch(data), epoch(data)]
+
+    resumed = prepared(points_per_class=100)
+    assert epoch(resumed) != expected[0]  # without the state: the first epoch's order
+    resumed = prepared(points_per_class=100)
+    resumed.load_state_dict(state)
+    assert [epoch(resumed), epoch(resumed)] == expected
+
+
+# --- settings that cannot work ---
+
+
+@pytest.mark.parametrize("val_fraction, test_fraction", [(0.5, 0.5), (0.6, 0.5), (0.9, 0.1)])
+def test_fractions_leaving_no_training_points_are_refused(val_fraction, test_fraction):
+    with pytest.raises(DataError, match=r"data\.val_fraction \+ data\.test_fraction must be < 1"):
+        SpiralDataModule(val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+def test_persistent_workers_without_workers_are_refused():
+    with pytest.raises(DataError, match=r"data\.persistent_workers needs data\.num_workers > 0"):
+        SpiralDataModule(persistent_workers=True, num_workers=0)
+    SpiralDataModule(persistent_workers=True, num_workers=1)
+
+
+def test_too_few_points_to_split_are_refused_in_prepare_data():
+    data = SpiralDataModule(points_per_class=1, classes=1)
+    with pytest.raises(DataError, match="too few to split"):
+        data.prepare_data()
+
+
+# --- CSV files ---
+
+POINTS = [(0.5, -0.25, 0), (-1.0, 2.0, 1), (3.0, 0.125, 2), (0.0, 0.0, 1), (1e-3, -4e2, 0)]
+
+
+def write(tmp_path: Path, text: str, name: str = "points.csv", encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return path
+
+
+def body(points=POINTS) -> str:
+    return "".join(f"{x1},{x2},{label}\n" for x1, x2, label in points)
+
+
+def assert_loads_points(path: Path, points=POINTS) -> None:
+    X, y = load_csv(path, classes=3)
+    assert X.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(X, torch.tensor([p[:2] for p in points], dtype=torch.float32))
+    assert torch.equal(y, torch.tensor([p[2] for p in points]))
+
+
+GOOD_FILES = {
+    "no header": body(),
+    "a header": "x1,x2,label\n" + body(),
+    "blank lines around": "\n\n" + body() + "\n\n",
+    "blank lines between": "x1,x2,label\n\n" + body().replace("\n", "\n\n", 2) + "   \n",
+    "a header after blank lines": "\n\nx,y,class\n" + body(),
+    "windows line ends": "\r\n".join(body().splitlines()) + "\r\n",
+    "spaces around the commas": body().replace(",", " , "),
+    "no newline at the end": body().rstrip("\n"),
+}
+
+
+@pytest.mark.parametrize("name", GOOD_FILES)
+def test_csv_loads(tmp_path, name):
+    assert_loads_points(write(tmp_path, GOOD_FILES[name]))
+
+
+def test_csv_from_a_spreadsheet_keeps_its_first_point(tmp_path):
+    """Excel's 'CSV UTF-8' starts with a byte-order mark: the first row must not be taken for a header."""
+    assert_loads_points(write(tmp_path, body(), encoding="utf-8-sig"))
+
+
+def test_a_datamodule_on_a_csv_splits_and_predicts_its_points(tmp_path):
+    points = [(i / 10, -i / 10, i % 3) for i in range(20)]
+    path = write(tmp_path, "x1,x2,label\n" + body(points))
+    data = prepared(path=str(path), points_per_class=5)  # points_per_class does not apply to a file
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (12, 4, 4)
+    assert rows(data.train_set) + rows(data.val_set) + rows(data.test_set) == rows(data.all_points)
+    [(X, y)] = list(data.predict_dataloader())  # every point of the file, in the file's order
+    assert torch.equal(X, torch.tensor([p[:2] for p in points], dtype=torch.float32))
+    assert torch.equal(y, torch.tensor([p[2] for p in points]))
+
+
+def test_csv_labels_follow_the_number_of_classes(tmp_path):
+    path = write(tmp_path, body([(0.0, 0.0, 3), (1.0, 1.0, 0)]))
+    assert load_csv(path, classes=4)[1].tolist() == [3, 0]
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: label 3 is outside 0..2")):
+        load_csv(path, classes=3)
+
+
+BAD_FILES = {
+    # name: (file text, line named, what the message says)
+    "two columns": (body() + "1.0,2.0\n", 6, "expected 3 columns x1,x2,label, found 2"),
+    "four columns": ("x1,x2,label\n" + body() + "1,2,0,7\n", 7, "expected 3 columns x1,x2,label, found 4"),
+    "a header with two columns": ("x1,x2\n" + body(), 1, "expected 3 columns"),
+    "a non-numeric coordinate": (body() + "0.5,abc,1\n", 6, "expected numbers x1,x2 and an integer label"),
+    "a non-integer label": (body() + "0.5,0.5,1.5\n", 6, "expected numbers x1,x2 and an integer label"),
+    "an empty cell": (body() + "0.5,,1\n", 6, "expected numbers x1,x2 and an integer label"),
+    "a second header": ("x1,x2,label\n" + body() + "x1,x2,label\n", 7, "expected numbers"),
+    "a non-numeric first row after data": (body() + "x1,x2,label\n", 6, "expected numbers"),
+    "nan": (body() + "nan,0.5,1\n", 6, "coordinates must be finite"),
+    "inf": (body() + "0.5,inf,1\n", 6, "coordinates must be finite"),
+    "-inf": ("x1,x2,label\n-inf,0.5,1\n" + body(), 2, "coordinates must be finite"),
+    "a label too large": (body() + "0.5,0.5,3\n", 6, "label 3 is outside 0..2 (data.classes=3)"),
+    "a negative label": (body() + "0.5,0.5,-1\n", 6, "label -1 is outside 0..2"),
+    "undecodable bytes": (body().encode() + b"0.5,\xff\xfe,1\n", 6, "expected numbers"),
+    "a semicolon file": (body().replace(",", ";"), 1, "expected 3 columns x1,x2,label, found 1"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, name):
+    text, line, says = BAD_FILES[name]
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as error:
+        load_csv(path, classes=3)
+    assert str(error.value).startswith(f"{path}:{line}: ")
+    assert says in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [("", "no data rows"), ("\n\n  \n", "no data rows"), ("x1,x2,label\n", "no data rows"), (None, "no such file")],
+    ids=["empty", "blank", "header only", "missing"],
+)
+def test_a_file_without_points_is_named(tmp_path, text, says):
+    path = tmp_path / "points.csv" if text is None else write(tmp_path, text)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: {says}$"):
+        load_csv(path, classes=3)
+
+
+def test_a_directory_is_not_a_file(tmp_path):
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path))}: no such file$"):
+        load_csv(tmp_path, classes=3)
+
+
+def test_a_bad_file_fails_before_training_in_prepare_data(tmp_path):
+    """The Trainer calls prepare_data before its logger creates the run directory; setup comes after."""
+    data = SpiralDataModule(path=str(write(tmp_path, body() + "0.5,0.5,7\n")))
+    with pytest.raises(DataError, match=re.escape("points.csv:6: label 7")):
+        data.prepare_data()
+
+
+def test_a_file_too_small_to_split_is_named(tmp_path):
+    data = SpiralDataModule(path=str(write(tmp_path, body(POINTS[:2]))))
+    with pytest.raises(DataError, match="2 points are too few to split"):
+        data.setup("fit")
