@@ -32,12 +32,6 @@ class CLI(LightningCLI):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             print(f"error: trainer.max_epochs must be a positive integer, got {max_epochs!r}", file=sys.stderr)
             sys.exit(2)
-        # Checkpoints keep the init arguments and Lightning loads them with torch.load(weights_only=True),
-        # which refuses jsonargparse's checked numbers (PositiveInt, ...): hand the classes plain ones.
-        for group in ("model", "data"):
-            for key, value in vars(config[group]).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    config[group][key] = (int if isinstance(value, int) else float)(value)
 
 
 def main(args: list[str] | None = None) -> CLI:

@@ -29,7 +29,8 @@ SMALL = ["--trainer.max_epochs=3", "--data.points_per_class=200"]
 
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a project script as a user would, in `cwd`."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # the package, installed or not
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
