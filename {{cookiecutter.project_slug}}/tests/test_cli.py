@@ -15,9 +15,10 @@ from lightning import Trainer
 
 import train
 import train_torch
-from conftest import QUIET, ROOT, event_scalars, run
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
+
+from conftest import QUIET, ROOT, event_scalars, run
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
