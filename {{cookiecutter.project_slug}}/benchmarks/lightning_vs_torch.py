@@ -1,0 +1,229 @@
+"""Time `python train.py fit` against `python train_torch.py`: the same experiment, side by side, in fresh processes.
+
+    python benchmarks/lightning_vs_torch.py                       # configs/default.yaml, 3 runs of each, 1 thread
+    python benchmarks/lightning_vs_torch.py --runs 5 --epochs 20 --threads 2
+    python benchmarks/lightning_vs_torch.py -- --data.points_per_class=100000 --data.batch_size=4096
+
+Both entry points run exactly as a user types them, with the config they read by default, in alternation
+(Lightning, plain, Lightning, plain, ...) so that a change in the machine's load hits both alike. Flags after `--`
+go to both. Each run writes its logs to a temporary directory, so logs/ stays as it was. The threads torch may use
+are set for both through OMP_NUM_THREADS: 1 unless --threads says otherwise, which is also what both entry points
+use when it is unset.
+
+Training time is read from the TensorBoard event files both runs write: from the first train/loss event (after
+step 0) to the last event (the last epoch's validation metrics and animation frame). It is the training loop
+alone - every step after the first, every validation, frame and checkpoint in between - without the start-up
+(imports, argument parsing, data), the first step, and what the process does after the last epoch. Whole-process
+wall time is measured too, from start to exit. Both runs must log equal train/loss and val/loss series; the script
+checks that, and exits with 1 if they differ.
+
+The last line, `ratio lightning/torch: X.XX`, is the median over the pairs of Lightning's training time divided by
+the plain loop's in the same pair.
+"""
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDES = {"lightning": ["train.py", "fit"], "torch": ["train_torch.py"]}
+# What each side's process imports before it runs; the plain loop's own libraries, to compare with Lightning.
+IMPORTS = {
+    "lightning": ("import train", "import lightning"),
+    "torch": ("import train_torch", "import torch, torchmetrics, tqdm, torch.utils.tensorboard"),
+}
+DEFAULT_THREADS = 1  # as train.py and train_torch.py when OMP_NUM_THREADS is unset; README, "Performance"
+
+
+@dataclass
+class Run:
+    wall: float  # whole process, start to exit [s]
+    cpu: float  # user + system CPU time of the process [s]
+    rss: float  # peak resident set size [MiB]
+    train: float  # first train/loss event to the last event [s]
+    steps: int  # train/loss events
+    interval: float  # median time from one train/loss event to the next within an epoch [s]
+    boundary: float  # median time from an epoch's last train/loss event to the next epoch's first, less `interval`
+    losses: dict  # tag -> [(step, value)] of train/loss and val/loss
+
+
+def child_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    if threads is None:
+        env.pop("OMP_NUM_THREADS", None)  # the entry points' default
+    else:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def read_events(run_dir: Path) -> tuple[list[float], dict[str, list[tuple[int, float, float]]]]:
+    """(wall time of every summary event, tag -> [(step, value, wall time)] of the scalars) of one run."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    times, scalars = [], {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                times.append(event.wall_time)
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value, event.wall_time))
+    return times, scalars
+
+
+def run(side: str, index: int, workdir: Path, threads: int | None, flags: list[str]) -> Run:
+    save_dir = workdir / f"{side}-{index}"
+    script, *subcommand = SIDES[side]
+    command = [sys.executable, str(ROOT / script), *subcommand, f"--trainer.logger.init_args.save_dir={save_dir}"]
+    output = workdir / f"{side}-{index}.out"
+    with output.open("wb") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [*command, *flags], cwd=workdir, env=child_env(threads), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = output.read_text(errors="replace")[-3000:]
+        sys.exit(f"{' '.join(command)} failed with exit status {process.returncode}:\n{tail}")
+    [run_dir] = (save_dir / side).glob("version_*")
+    times, scalars = read_events(run_dir)
+    loss = sorted(scalars.get("train/loss", []))
+    if len(loss) < 2:
+        sys.exit(f"{run_dir}: fewer than two train/loss events, nothing to time")
+    first = min(wall_time for _, _, wall_time in loss)
+    last_steps = {step for step, _, _ in scalars.get("val/loss", [])}  # each epoch's last step
+    intervals = [(step, b - a) for (step, _, a), (_, _, b) in zip(loss, loss[1:])]
+    interval = statistics.median([dt for step, dt in intervals if step not in last_steps] or [0.0])
+    boundary = statistics.median([dt for step, dt in intervals if step in last_steps] or [interval]) - interval
+    losses = {tag: [(step, value) for step, value, _ in scalars.get(tag, [])] for tag in ("train/loss", "val/loss")}
+    return Run(
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        rss=usage.ru_maxrss / 1024,  # Linux reports KiB
+        train=max(times) - first,
+        steps=len(loss),
+        interval=interval,
+        boundary=boundary,
+        losses=losses,
+    )
+
+
+def import_time(statement: str, threads: int | None) -> float:
+    """Seconds a fresh interpreter spends on `statement`, run in the project root."""
+    timer = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    result = subprocess.run(
+        [sys.executable, "-c", timer], cwd=ROOT, env=child_env(threads), capture_output=True, text=True, check=True
+    )
+    return float(result.stdout.split()[-1])
+
+
+def summary(values: list[float], digits: int) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median of the pairs' ratios; nan where there is nothing to divide by (one epoch: no epoch boundary)."""
+    ratios = [x / y for x, y in zip(a, b) if y]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def table(runs: dict[str, list[Run]], imports: dict[str, list[list[float]]], n: int) -> str:
+    rows = [
+        ("wall time, whole process [s]", lambda r: r.wall, 2),
+        ("training time [s] (first train/loss event to last event)", lambda r: r.train, 2),
+        ("time per step [ms] (training time / steps after the first)", lambda r: 1000 * r.train / (r.steps - 1), 3),
+        ("steps per second", lambda r: (r.steps - 1) / r.train, 0),
+        ("step to step within an epoch, median [ms]", lambda r: 1000 * r.interval, 3),
+        ("epoch to epoch, extra, median [ms] (validation, frame, checkpoint)", lambda r: 1000 * r.boundary, 1),
+        ("CPU time, user + system [s]", lambda r: r.cpu, 2),
+        ("peak RSS [MiB]", lambda r: r.rss, 0),
+    ]
+    lines = [
+        f"| median (min–max) of {n} runs | `python train.py fit` (Lightning) | `python train_torch.py` (plain) "
+        "| Lightning / plain, median of pairs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, get, digits in rows:
+        a, b = ([get(r) for r in runs[side]] for side in SIDES)
+        lines.append(f"| {name} | {summary(a, digits)} | {summary(b, digits)} | {ratio(a, b):.2f} |")
+    names = ["import time, entry point [s] (`import train` / `import train_torch`)"]
+    names.append("import time, libraries [s] (`lightning` / torch, torchmetrics, tqdm, tensorboard)")
+    for name, a, b in zip(names, *(zip(*imports[side]) for side in SIDES)):
+        lines.append(f"| {name} | {summary(a, 2)} | {summary(b, 2)} | {ratio(a, b):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    flags = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each entry point (default: 3)")
+    parser.add_argument("--epochs", type=int, help="trainer.max_epochs for both (default: the config's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"OMP_NUM_THREADS for both (default: {DEFAULT_THREADS}); 0 leaves it unset, to the entry points' default",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary logs and print where they are")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or (args.epochs is not None and args.epochs < 1):
+        parser.error("--runs and --epochs must be positive")
+    threads = args.threads or None
+    if args.epochs is not None:
+        flags = [f"--trainer.max_epochs={args.epochs}", *flags]
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(
+        f"torch {version('torch')}, lightning {version('lightning')}, {device}, {os.cpu_count()} CPUs, "
+        f"threads: {f'OMP_NUM_THREADS={threads}' if threads else 'OMP_NUM_THREADS unset (entry point default)'}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(f"config: configs/default.yaml {' '.join(flags)}".rstrip())
+    workdir = Path(tempfile.mkdtemp(prefix="lightning_vs_torch-"))
+    runs = {side: [] for side in SIDES}
+    imports = {side: [] for side in SIDES}
+    try:
+        for index in range(args.runs):
+            for side in SIDES:
+                result = run(side, index, workdir, threads, flags)
+                runs[side].append(result)
+                print(
+                    f"run {index + 1}/{args.runs} {side:9}: {result.wall:6.2f} s whole, {result.train:6.2f} s training,"
+                    f" {result.steps} steps",
+                    flush=True,
+                )
+            for side in SIDES:
+                imports[side].append([import_time(statement, threads) for statement in IMPORTS[side]])
+    finally:
+        if args.keep:
+            print(f"logs: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    reference = runs["torch"][0].losses
+    equal = all(r.losses == reference for side in SIDES for r in runs[side])
+    print()
+    print(table(runs, imports, args.runs))
+    print()
+    print(f"train/loss and val/loss equal in every run of both: {'yes' if equal else 'NO'}")
+    print(f"ratio lightning/torch: {ratio(*([r.train for r in runs[side]] for side in SIDES)):.2f}")
+    return 0 if equal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""benchmarks/lightning_vs_torch.py on a tiny budget: one run of each entry point, 2 epochs of a small spiral."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+ROWS = (
+    "wall time, whole process",
+    "training time",
+    "time per step",
+    "steps per second",
+    "step to step within an epoch",
+    "epoch to epoch",
+    "CPU time",
+    "peak RSS",
+    "import time, entry point",
+    "import time, libraries",
+)
+
+
+def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(tmp_path):
+    script = ROOT / "benchmarks" / "lightning_vs_torch.py"
+    args = ["--runs", "1", "--epochs", "2", "--", "--data.points_per_class=100"]
+    result = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "threads: OMP_NUM_THREADS=1" in lines[0]
+    table = [line for line in lines if line.startswith("|")]
+    assert "Lightning" in table[0] and "plain" in table[0] and set(table[1]) <= set("|-:")
+    names = [row.split("|")[1].strip() for row in table[2:]]
+    assert len(names) == len(ROWS) and all(name.startswith(prefix) for name, prefix in zip(names, ROWS)), names
+    for row in table[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", cell) for cell in cells[1:3]), row
+        assert re.fullmatch(r"\d+\.\d\d", cells[3]), row
+    assert "train/loss and val/loss equal in every run of both: yes" in lines
+    assert re.fullmatch(r"ratio lightning/torch: \d+\.\d\d", lines[-1])
+    assert not any(tmp_path.iterdir())  # the runs logged to a temporary directory, since removed
