@@ -5,14 +5,39 @@ python train.py fit --trainer.max_epochs 5 --model.lr 3e-3
 python train.py fit --config configs/smoke.yaml         # default.yaml, then smoke.yaml on top
 python train.py test --ckpt_path logs/lightning/version_0/checkpoints/last.ckpt
 python train.py fit --print_config                      # every key, resolved
+
+Interrupted runs go on exactly as they would have without the interruption:
+
+python train.py fit --ckpt_path last                    # the newest logs/lightning/version_*/checkpoints/last.ckpt
+python train.py fit --ckpt_path logs/lightning/version_3/checkpoints/last.ckpt
+
+`last` works for every subcommand. Resuming a fit logs into the checkpoint's own version_N directory, so
+TensorBoard shows one curve. The model's and the data's settings are taken from the checkpoint (and
+trainer.max_epochs from its learning-rate schedule); a flag or config that contradicts them is refused by name.
+Other trainer settings are not in the checkpoint: give the same ones, e.g. with --config <run>/config.yaml.
+Ctrl-C (or SIGTERM) stops after the current batch, writes last.ckpt of exactly that point and prints the command
+that resumes it; a second Ctrl-C stops at once. A NaN or infinite loss stops the run, naming the step, and
+leaves the checkpoints as they were. Checkpoints are written atomically: a kill never leaves a torn one.
 """
 
+import os
 import sys
 from pathlib import Path
 
+import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
+from {{ cookiecutter.package_name }}.checkpoints import (
+    CheckpointError,
+    NonFiniteLossError,
+    adopt_settings,
+    newest,
+    read_checkpoint,
+    refusal,
+    run_directory,
+)
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -24,6 +49,46 @@ class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.classes", "model.classes")
         parser.add_lightning_class_args(DecisionBoundary, "boundary")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the checkpoint's model settings (and would fail on a bad file with a traceback).
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        if config.get("ckpt_path"):
+            try:
+                self.check_checkpoint(self.config.subcommand, config)
+            except CheckpointError as error:
+                sys.exit(f"error: {error}")
+
+    def check_checkpoint(self, subcommand: str, config: Namespace) -> None:
+        """Resolve `last`, refuse a checkpoint this run cannot use, and let a fit go on in the checkpoint's run."""
+        logger = config.trainer.logger
+        tensorboard = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith("TensorBoardLogger")
+        root = Path(logger.init_args.save_dir, logger.init_args.name or "") if tensorboard else Path("logs/lightning")
+        if config.ckpt_path == "last":
+            config.ckpt_path = str(newest(root, "last.ckpt"))
+        path = Path(config.ckpt_path)
+        checkpoint = read_checkpoint(path, ("state_dict", "hyper_parameters"), "a LightningModule (train.py)")
+        defaults = self._parser(subcommand).get_defaults()
+        model = checkpoint["hyper_parameters"]
+        # data.classes decides model.classes (linked); a fit also goes on with the run's data and schedule.
+        data = checkpoint.get("datamodule_hyper_parameters", {}) if subcommand == "fit" else {}
+        data = {"classes": model.get("classes", config.data.classes), **data}
+        schedules = checkpoint.get("lr_schedulers") or [{}]
+        trainer = {"max_epochs": schedules[0]["T_max"]} if subcommand == "fit" and "T_max" in schedules[0] else {}
+        conflicts = adopt_settings(config, defaults, "model", model, ignore=("classes",))
+        conflicts += adopt_settings(config, defaults, "data", data, ignore=("num_workers", "pin_memory"))
+        conflicts += adopt_settings(config, defaults, "trainer", trainer)
+        config.model.classes = config.data.classes
+        run = run_directory(path, root) if tensorboard else None
+        if conflicts:
+            raise refusal(path, conflicts, run)
+        if subcommand == "fit" and run is not None:
+            # Go on in the run's own TensorBoard directory, where the steps after the checkpoint are written anew.
+            logger.init_args.version = run.name
+            logger.init_args.purge_step = checkpoint["global_step"]
+            if (run / "config.yaml").is_file():
+                self.save_config_callback = None  # the run keeps the config.yaml it started with
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -42,9 +107,11 @@ def main(args: list[str] | None = None) -> CLI:
             parser_kwargs={command: {"default_config_files": [str(DEFAULT_CONFIG)]} for command in SUBCOMMANDS},
             args=args,
         )
-    except DataError as error:
+    except (DataError, CheckpointError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: README, "Performance"
     main()

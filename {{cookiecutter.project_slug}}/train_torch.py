@@ -3,11 +3,20 @@
     python train_torch.py                                   # configs/default.yaml, logs to logs/torch/version_N
     python train_torch.py --trainer.max_epochs 5 --model.lr 3e-3
     python train_torch.py --config configs/smoke.yaml
+    python train_torch.py --ckpt_path last                  # the newest logs/torch/version_*/checkpoints/last.pt
 
 It reads the keys train.py reads (seed_everything, model.*, data.*, trainer.*) and refuses a trainer
 setting that would change what Lightning computes but the plain loop does not implement.
+
+It writes checkpoints/last.pt at the end of every epoch, atomically. `--ckpt_path` goes on from one exactly as the
+run would have gone on, in the run's own log directory; the model's and the data's settings and trainer.max_epochs
+are taken from the checkpoint, and a flag that contradicts them is refused by name. Ctrl-C or SIGTERM stops at
+once (exit 130 or 143) and says how to resume from the last epoch's checkpoint. A NaN or infinite loss stops the run,
+naming the step, and leaves the checkpoint as it was.
 """
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +26,15 @@ from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
+from {{ cookiecutter.package_name }}.checkpoints import (
+    CheckpointError,
+    NonFiniteLossError,
+    adopt_settings,
+    newest,
+    read_checkpoint,
+    refusal,
+    run_directory,
+)
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
@@ -46,8 +64,15 @@ def parse(args: list[str] | None = None):
     parser.add_class_arguments(SpiralDataModule, "data")
     parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
     parser.add_class_arguments(BoundaryAnimation, "boundary")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="last.pt to go on from, or `last`.")
     parser.link_arguments("data.classes", "model.classes")
     config = parser.parse_args(args)
+    # The checkpoint keeps model.* and data.*, and torch.load(weights_only=True) refuses jsonargparse's checked
+    # numbers (PositiveInt, ...) in it: plain ones from here on.
+    for section in ("model", "data"):
+        for key, value in vars(config[section]).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                config[section][key] = (int if isinstance(value, int) else float)(value)
     trainer = config.trainer
     for key, allowed in PLAIN_LOOP_TRAINER.items():
         if trainer[key] not in allowed:
@@ -78,32 +103,71 @@ def next_version(root: Path) -> Path:
     return root / f"version_{max(versions, default=-1) + 1}"
 
 
+def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
+    """The checkpoint `--ckpt_path` names and the run directory to go on in; config takes the run's settings."""
+    path = newest(root, "last.pt") if config.ckpt_path == "last" else Path(config.ckpt_path)
+    checkpoint = read_checkpoint(path, ("model", "optimiser", "scheduler", "hparams"), "train_torch.py's loop")
+    defaults, hparams = parser.get_defaults(), checkpoint["hparams"]
+    conflicts = adopt_settings(config, defaults, "model", hparams["model"], ignore=("classes",))
+    conflicts += adopt_settings(config, defaults, "data", hparams["data"], ignore=("num_workers", "pin_memory"))
+    conflicts += adopt_settings(config, defaults, "trainer", {"max_epochs": checkpoint["scheduler"]["T_max"]})
+    config.model.classes = config.data.classes
+    run = run_directory(path, root)
+    if conflicts:
+        raise refusal(path, conflicts, run)
+    return checkpoint, run or next_version(root)
+
+
+def stop(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # SIGTERM as Ctrl-C: the checkpoints are atomic
+
+
 def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
     """Train as configured; return the model, optimiser and scheduler as they end."""
     parser, config = parse(args)
-    log_dir = next_version(Path(config.trainer.logger.init_args.save_dir) / "torch")
+    root = Path(config.trainer.logger.init_args.save_dir) / "torch"
     try:
+        resume, log_dir = resume_from(parser, config, root) if config.ckpt_path else (None, next_version(root))
         data = SpiralDataModule(**config.data)
         data.setup("fit")  # fails on a bad data file before anything is written
-    except DataError as error:
+    except (DataError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    log_dir.mkdir(parents=True)
-    parser.save(config, log_dir / "config.yaml")
+    log_dir.mkdir(parents=True, exist_ok=resume is not None)
+    if not (log_dir / "config.yaml").exists():  # a resumed run keeps the config.yaml it started with
+        parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
-    with SummaryWriter(log_dir) as writer:
-        trained = fit(
-            data,
-            seed=config.seed_everything,
-            hidden=config.model.hidden,
-            dropout=config.model.dropout,
-            lr=config.model.lr,
-            max_epochs=config.trainer.max_epochs,
-            gradient_clip_val=config.trainer.gradient_clip_val,
-            writer=writer,
-            device=device_for(config.trainer.accelerator),
-            progress_bar=config.trainer.enable_progress_bar is not False,
-            boundary=boundary,
-        )
+    checkpoint = log_dir / "checkpoints" / "last.pt"
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
+        with SummaryWriter(log_dir, purge_step=resume and resume["step"]) as writer:
+            trained = fit(
+                data,
+                seed=config.seed_everything,
+                hidden=config.model.hidden,
+                dropout=config.model.dropout,
+                lr=config.model.lr,
+                max_epochs=config.trainer.max_epochs,
+                gradient_clip_val=config.trainer.gradient_clip_val,
+                writer=writer,
+                device=device_for(config.trainer.accelerator),
+                progress_bar=config.trainer.enable_progress_bar is not False,
+                boundary=boundary,
+                checkpoint=checkpoint,
+                resume=resume,
+            )
+    except NonFiniteLossError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt as interrupt:
+        name = str(interrupt) or "SIGINT"
+        if checkpoint.exists():
+            command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
+            print(f"{name}: stopped; resume from the last epoch's checkpoint with: {command}", file=sys.stderr)
+        else:
+            print(f"{name}: stopped in the first epoch, before the first checkpoint", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if boundary.save(log_dir / "decision_boundary.gif"):
         print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
     print(f"logs: {log_dir}")
@@ -111,4 +175,6 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
 
 
 if __name__ == "__main__":
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: README, "Performance"
     main()

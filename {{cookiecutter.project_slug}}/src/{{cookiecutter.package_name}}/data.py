@@ -9,6 +9,7 @@ A CSV for `path` has one point per line, `x1,x2,label`, labels 0..classes-1; a h
 
 import csv
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +72,92 @@ class EpochShuffle(Sampler[int]):
     torch's RandomSampler draws one more permutation when asked for an index past its last. A plain `for` loop
     asks (to hear StopIteration) and Lightning, which stops at len(dataloader), does not: when the training set
     is a multiple of the batch size, the two would shuffle every later epoch differently.
+
+    `replay` makes the next epoch the rest of an interrupted one, without drawing: how a resumed run goes on.
     """
 
     def __init__(self, size: int, generator: torch.Generator):
         self.size, self.generator = size, generator
+        self.order: list[int] = []  # the current epoch's
+        self._replay: tuple[list[int], int] | None = None
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self):
-        return iter(torch.randperm(self.size, generator=self.generator).tolist())
+        if self._replay is None:
+            self.order, start = torch.randperm(self.size, generator=self.generator).tolist(), 0
+        else:
+            (self.order, start), self._replay = self._replay, None
+        return iter(self.order[start:])
+
+    def replay(self, order: list[int], start: int) -> None:
+        """Make the next epoch `order` from position `start` on."""
+        self._replay = (order, start)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, able to stop between two batches and go on from there in a new process.
+
+    Its state is the epoch's order and how many batches it has handed out. Lightning saves it in every checkpoint
+    and, resuming mid-epoch, loads it back before iterating (a "stateful" DataLoader); loop.py does the same.
+    The generator's state, which decides the epochs still to come, is SpiralDataModule's.
+    """
+
+    batches = 0  # handed out in the current epoch
+    resumed = False  # the next iter() goes on with an interrupted run
+    _resume_at = 0  # the batch that iter() starts at
+
+    def __iter__(self):
+        shuffle = self.generator
+        if self.resumed and (self._resume_at or self.persistent_workers):
+            # The interrupted run drew this epoch's worker seed before it saved the generator (mid-epoch), or it
+            # would have reused its persistent workers and drawn none: this iterator draws from a spare one.
+            self.generator = torch.Generator()
+        iterator = super().__iter__()  # a new iterator draws the workers' base seed from self.generator
+        self.generator = shuffle
+        self.batches, self._resume_at, self.resumed = self._resume_at, 0, False
+        return self._count(iterator)
+
+    def _count(self, iterator):
+        for batch in iterator:
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        order = getattr(self.sampler, "order", [])  # Lightning wraps the sampler for DDP: no order to save
+        return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
+        self.resumed = True
+        batches = int(state_dict["batches"])
+        self._resume_at = batches if batches < len(self) else 0
+        if self._resume_at:
+            if not isinstance(self.sampler, EpochShuffle):
+                raise RuntimeError(f"going on mid-epoch needs the EpochShuffle sampler, not {self.sampler}")
+            self.sampler.replay(state_dict["order"].tolist(), start=batches * self.batch_size)
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """In each DataLoader worker: a terminal sends Ctrl-C to every process of the job, and a worker that died of it
+    would fail the main process's graceful stop. The main process decides, then shuts the workers down: SIGTERM
+    keeps its default, whatever handler the worker inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class TensorBatches(TensorDataset):
+    """A TensorDataset that DataLoader asks for a whole batch at once: one indexing of each tensor, where it would
+    index once per point and stack the points (default_collate). The same tensors, several times faster."""
+
+    def __getitems__(self, indices: list[int]) -> list[Tensor]:
+        return [tensor[indices] for tensor in self.tensors]  # a list, as default_collate makes of (X, y) pairs
+
+
+def as_batch(batch: list[Tensor]) -> list[Tensor]:
+    """DataLoader's collate_fn for TensorBatches, whose __getitems__ has made the batch already."""
+    return batch
 
 
 class SpiralDataModule(L.LightningDataModule):
@@ -124,8 +201,9 @@ class SpiralDataModule(L.LightningDataModule):
             raise DataError("data.persistent_workers needs data.num_workers > 0")
         self.save_hyperparameters()
         # Its own generator: drawing from the global RNG here would make the shuffle order depend on
-        # everything else that draws from it (dropout, and every iter() over a validation DataLoader).
+        # everything else that draws from it (dropout, for one).
         self.generator = torch.Generator().manual_seed(seed)
+        self.resumed = False  # load_state_dict() was called: the next training DataLoader goes on with a run
 
     def prepare_data(self) -> None:
         # The Trainer calls this before its logger makes the run directory: a bad data file, or too few points
@@ -150,7 +228,10 @@ class SpiralDataModule(L.LightningDataModule):
         self.all_points = TensorDataset(X, y)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, EpochShuffle(len(self.train_set), self.generator))
+        sampler = EpochShuffle(len(self.train_set), self.generator)
+        loader = self._loader(self.train_set, self.hparams.batch_size, sampler)
+        loader.resumed, self.resumed = self.resumed, False
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.val_batch_size or len(self.val_set))
@@ -165,15 +246,23 @@ class SpiralDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: TensorDataset, batch_size: int, sampler: EpochShuffle | None = None) -> DataLoader:
         hp = self.hparams
-        return DataLoader(
-            dataset,
+        return (DataLoader if sampler is None else ResumableLoader)(
+            TensorBatches(*dataset.tensors),
             batch_size=batch_size,
+            collate_fn=as_batch,
             sampler=sampler,
-            generator=sampler and self.generator,  # iter() draws the workers' base seed from it
+            generator=self.generator if sampler is not None else self._seed_generator(),  # iter() draws from it
             num_workers=hp.num_workers,
+            worker_init_fn=ignore_interrupts,
             persistent_workers=hp.persistent_workers,
             pin_memory=hp.pin_memory,
         )
+
+    def _seed_generator(self) -> torch.Generator | None:
+        """Where an evaluation DataLoader's iter() draws its workers' base seed: torch's global RNG (None), as any
+        DataLoader's, unless its workers persist. Those draw once per process, so a resumed run would draw once more
+        than the interrupted run did and shift dropout's masks: they draw from a generator of their own."""
+        return torch.Generator() if self.hparams.persistent_workers else None
 
     def state_dict(self) -> dict[str, Any]:
         # The shuffle order of the epochs still to come; Lightning saves it in every checkpoint.
@@ -181,3 +270,4 @@ class SpiralDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.generator.set_state(state_dict["generator"])
+        self.resumed = True

@@ -42,7 +42,29 @@ ROWS = (
         "it must wrap the optimiser it schedules",
         ("scheduler.step", "configure_optimizers"),
     ),
+    Row(
+        'model.load_state_dict(resume["model"])',
+        "`Trainer.fit(ckpt_path=...)`, before training starts",
+        "-",
+    ),
+    Row(
+        'data.load_state_dict(resume["data"])',
+        "`LightningDataModule.load_state_dict`",
+        "left out, the resumed run shuffles its epochs in the order the interrupted run began with",
+    ),
+    Row(
+        'loader.load_state_dict(resume["loader"])',
+        "the fit loop, for a DataLoader with `state_dict`/`load_state_dict` (`ResumableLoader`)",
+        "left out, with persistent workers the resumed run's new workers draw a seed from the shuffle generator "
+        "that the interrupted run's reused ones did not, and every later epoch is shuffled differently",
+    ),
+    Row(
+        'set_rng_state(resume["rng"])',
+        "`on_load_checkpoint` in module.py",
+        "left out, a resumed run with dropout draws other dropout masks than the interrupted run would have",
+    ),
     Row("for epoch in trange(max_epochs, ...)", "`Trainer(max_epochs=...)`", "-"),
+    Row("if epoch < start_epoch:", "the fit loop starts at the checkpoint's epoch", "-"),
     Row(
         "model.train()",
         "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
@@ -65,6 +87,11 @@ ROWS = (
     ),
     Row("optimiser.step()", "`optimizer_step`", "-", ("optimizer.step", "optimizer_step")),
     Row(
+        "if not torch.isfinite(loss):",
+        "`StopOnNonFiniteLoss` callback, `on_train_batch_end`",
+        "left out, a run whose loss turned NaN trains on to the end of the epoch",
+    ),
+    Row(
         "scheduler.step()",
         "`lr_scheduler_step`, interval `epoch`",
         "inside the batch loop, the learning rate decays len(loader) times per epoch instead of once",
@@ -84,9 +111,21 @@ ROWS = (
     ),
     Row("val_logits = model(X_val)", "`validation_step`", "-", (VAL_FORWARD, "validation_step")),
     Row(
+        "if not torch.isfinite(val_loss.compute()):",
+        "`StopOnNonFiniteLoss` callback, `on_validation_end`",
+        "after the checkpoint is written, weights that turned NaN on the epoch's last step overwrite the last "
+        "good checkpoint",
+    ),
+    Row(
         "image = boundary.frame(model, ...)",
         "`DecisionBoundary` callback, `on_validation_end`",
         "before the metrics are computed, the frame's title would show the previous epoch's accuracy",
+    ),
+    Row(
+        "atomic_save(",
+        "`ModelCheckpoint(save_last=True)`, `on_train_epoch_end`, through `AtomicCheckpointIO`",
+        "before `scheduler.step()`, the resumed run repeats the finished epoch's learning rate; with a plain "
+        "`torch.save(..., path)`, a kill during the write leaves a torn file where the last checkpoint was",
     ),
 )
 

@@ -2,8 +2,12 @@
 
     python train_torch.py                # runs fit() on configs/default.yaml, logs to logs/torch/version_N
 
+    python train_torch.py --ckpt_path last  # goes on with the newest logs/torch/version_N/checkpoints/last.pt
+
 The comment on each line names the Lightning hook or Trainer argument that does its work.
 """
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm import trange
 
 from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
+from {{ cookiecutter.package_name }}.checkpoints import NonFiniteLossError, atomic_save, rng_state, set_rng_state
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
 
@@ -29,8 +34,13 @@ def fit(
     device: torch.device | str = "cpu",
     progress_bar: bool = True,
     boundary: BoundaryAnimation | None = None,
+    checkpoint: Path | None = None,
+    resume: dict | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Train an MLP on `data`; `writer.add_scalar` receives the same tags and steps as Lightning logs."""
+    """Train an MLP on `data`; `writer.add_scalar` receives the same tags and steps as Lightning logs.
+
+    `checkpoint` is written at the end of every epoch; `resume`, a checkpoint read back, goes on from its end.
+    """
     torch.manual_seed(seed)  # seed_everything (LightningCLI: seed_everything)
     classes = data.hparams.classes
 
@@ -48,9 +58,21 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)  # configure_optimizers
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)  # configure_optimizers
 
+    # --- resume ---
+    start_epoch, step = 0, 0
+    if resume is not None:  # Trainer.fit(ckpt_path=...), before training starts
+        model.load_state_dict(resume["model"])  # the checkpoint's "state_dict"
+        optimiser.load_state_dict(resume["optimiser"])  # its "optimizer_states"
+        scheduler.load_state_dict(resume["scheduler"])  # its "lr_schedulers"
+        data.load_state_dict(resume["data"])  # LightningDataModule.load_state_dict
+        loader.load_state_dict(resume["loader"])  # the fit loop hands a stateful DataLoader its state
+        set_rng_state(resume["rng"])  # LightningModule.on_load_checkpoint (module.py)
+        start_epoch, step = resume["epoch"], resume["step"]  # the fit loop's progress
+
     # --- loop ---
-    step = 0
     for epoch in trange(max_epochs, desc="fit", unit="epoch", disable=not progress_bar):  # Trainer(max_epochs=...)
+        if epoch < start_epoch:  # resuming: the fit loop starts at the checkpoint's epoch
+            continue
         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)  # LearningRateMonitor
         model.train()  # the Trainer restores it after each validation (on_validation_model_train)
         for X_batch, y_batch in loader:
@@ -62,6 +84,8 @@ def fit(
             if gradient_clip_val is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)  # configure_gradient_clipping
             optimiser.step()  # optimizer_step
+            if not torch.isfinite(loss):  # StopOnNonFiniteLoss callback, on_train_batch_end
+                raise NonFiniteLossError("train/loss", loss.item(), step, epoch)
             writer.add_scalar("train/loss", loss.item(), step)  # training_step: self.log("train/loss", loss)
             step += 1
         scheduler.step()  # lr_scheduler_step (interval "epoch")
@@ -76,9 +100,30 @@ def fit(
         # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
         writer.add_scalar("val/loss", val_loss.compute().item(), step - 1)  # self.log("val/loss", ...)
         writer.add_scalar("val/acc", val_acc.compute().item(), step - 1)  # self.log("val/acc", ...)
+        if not torch.isfinite(val_loss.compute()):  # StopOnNonFiniteLoss callback, on_validation_end
+            raise NonFiniteLossError("val/loss", val_loss.compute().item(), step - 1, epoch)
         if boundary is not None and boundary.wants(epoch):  # DecisionBoundary callback, on_validation_end
             image = boundary.frame(model, *data.val_set.tensors, epoch, val_acc.compute().item())
             writer.add_image(TAG, image, step - 1, dataformats="HWC")
         val_loss.reset()  # the Trainer, at the end of each validation epoch
         val_acc.reset()  # the Trainer, at the end of each validation epoch
+        if checkpoint is not None:  # ModelCheckpoint(save_last=True), on_train_epoch_end
+            atomic_save(  # through AtomicCheckpointIO (checkpoints.py)
+                {
+                    "epoch": epoch + 1,  # "epoch", "loops": where the fit loop goes on
+                    "step": step,  # "global_step"
+                    "model": model.state_dict(),  # "state_dict"
+                    "optimiser": optimiser.state_dict(),  # "optimizer_states"
+                    "scheduler": scheduler.state_dict(),  # "lr_schedulers"
+                    "data": data.state_dict(),  # LightningDataModule.state_dict
+                    "loader": loader.state_dict(),  # the fit loop's "combined_loader"
+                    "rng": rng_state(),  # LightningModule.on_save_checkpoint (module.py)
+                    "hparams": {  # "hyper_parameters", "datamodule_hyper_parameters"
+                        "model": {"hidden": hidden, "dropout": dropout, "lr": lr, "classes": classes},
+                        "data": dict(data.hparams),
+                    },
+                },
+                checkpoint,
+            )
+            writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to its checkpoint
     return model, optimiser, scheduler

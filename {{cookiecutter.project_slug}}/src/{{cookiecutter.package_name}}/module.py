@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from {{ cookiecutter.package_name }}.checkpoints import CheckpointError, rng_state, set_rng_state, shape_differences
 from {{ cookiecutter.package_name }}.model import MLP
 
 Probability = restricted_number_type("Probability", float, [(">=", 0), ("<", 1)])
@@ -69,6 +70,18 @@ class SpiralClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "train/lr"},
         }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout draws from torch's global RNG: a resumed run needs its state to draw the same masks.
+        checkpoint["rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before the weights are loaded: a checkpoint of another shape is refused by name, not by a traceback.
+        if differences := shape_differences(checkpoint["state_dict"], self.state_dict()):
+            raise CheckpointError(f"the checkpoint holds a model of another shape: {', '.join(differences[:3])}")
+        # Resuming a fit, not load_from_checkpoint() or a test: go on with the interrupted run's random numbers.
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         X, y = batch

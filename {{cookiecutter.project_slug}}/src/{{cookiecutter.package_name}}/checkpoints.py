@@ -1,0 +1,276 @@
+"""Checkpoints that survive a kill, runs that stop cleanly, and checkpoints that are refused by name.
+
+    python train.py fit --ckpt_path last        # go on with the newest logs/lightning/version_N/checkpoints/last.ckpt
+    python train_torch.py --ckpt_path last      # the same for the plain loop: logs/torch/version_N/checkpoints/last.pt
+
+- `atomic_save` (the plain loop) and `AtomicCheckpointIO` (Lightning's plugin point) write a checkpoint to a
+  temporary file beside it, sync it to disk and rename it over the old one: a kill at any moment leaves the old
+  checkpoint or the new one, never a torn file.
+- `GracefulStop`: Ctrl-C (SIGINT) or SIGTERM finishes the batch, writes last.ckpt of exactly that point, prints how
+  to resume and exits with 130 or 143.
+- `StopOnNonFiniteLoss`: a NaN or infinite loss stops training, naming the step, before a checkpoint is written
+  from it.
+- `rng_state` / `set_rng_state`: torch's global random state, which dropout draws from; both loops checkpoint it.
+- `read_checkpoint`, `newest`, `adopt_settings`: a missing, unreadable or foreign checkpoint, or one trained with
+  other settings than the run asks for, is refused in one line.
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names it and says why."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the message names the step."""
+
+    def __init__(self, tag: str, value: float, step: int, epoch: int):
+        super().__init__(
+            f"{tag} is {value} at step {step} (epoch {epoch}): training stopped, no checkpoint was written from it"
+        )
+
+
+# --- writing ---
+
+
+def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """torch.save to a temporary file in `path`'s directory, fsync, then os.replace it over `path`.
+
+    A rename within one file system is atomic, so a reader (or a kill at any moment) finds the old file or the new
+    one. Lightning's default TorchCheckpointIO moves fsspec's temporary file from the system's temp directory,
+    which is a copy when that is another file system, and never syncs it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # left only when torch.save or the rename failed
+    if os.name == "posix":  # the rename itself reaches the disk with the directory
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with `atomic_save` for local paths (configs/default.yaml: trainer.plugins)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)
+
+
+# --- what decides the future besides the weights ---
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global random state, where dropout draws its masks: the CPU's and, once CUDA is in use, each GPU's."""
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- stopping ---
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the batch, write last.ckpt of exactly that point, say how to resume.
+
+    Python's own SIGINT handler raises KeyboardInterrupt wherever the program is, in the middle of Adam's update
+    too, and Lightning then stops without a checkpoint; Lightning's SIGTERM handler may stop in the middle of a
+    validation, whose metrics a checkpoint does not hold. Here both signals only set a flag. After the batch's
+    optimizer step (or, on an epoch's last batch, after the epoch's validation) the callback lets Lightning raise
+    its SIGTERMException at a point its loops resume from, and writes last.ckpt: at the end of an epoch where
+    ModelCheckpoint would, mid-epoch when the exception arrives, after the batch is logged. The process exits with
+    128 + the signal's number: 130 for SIGINT, 143 for SIGTERM. A second Ctrl-C stops at once, without a checkpoint.
+
+    A SIGKILL cannot be caught; the run then goes on from its last checkpoint. So that the logged curve has no gap
+    up to it, the loggers are flushed with every checkpoint (TensorBoard's writer holds events for up to 2 minutes).
+    """
+
+    def __init__(self):
+        self.signal: signal.Signals | None = None
+        self.saved: Path | None = None
+        self.pid = os.getpid()  # the process that trains
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not earlier: the Trainer installs its own SIGTERM handler just before training starts.
+        self.signal = signal.SIGTERM if trainer.received_sigterm else None  # one that came in between
+        self.saved, self.pid = None, os.getpid()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._note)  # the Trainer restores the previous handlers when it ends
+
+    def _note(self, signum: int, frame) -> None:
+        if os.getpid() != self.pid:  # a DataLoader worker forked since: it stops as it would without this handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum)
+        print(f"\n{self.signal.name}: stopping after this batch (Ctrl-C again: at once)", file=sys.stderr)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        # Not on the epoch's last batch: the scheduler's epoch step and the validation belong to it.
+        if self.signal is not None and batch_idx + 1 < trainer.num_training_batches:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signal is not None:
+            self._save(trainer)
+            self._stop(trainer)
+
+    @staticmethod
+    def _stop(trainer: L.Trainer) -> None:
+        # The Trainer's own flag: its loops raise SIGTERMException once this batch is logged (or this epoch is done).
+        trainer._signal_connector.received_sigterm = True
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            logger.save()  # TensorBoardLogger: flushes the events logged so far
+
+    def _save(self, trainer: L.Trainer) -> None:
+        checkpoint_callback = trainer.checkpoint_callback
+        directory = getattr(checkpoint_callback, "dirpath", None) or Path(trainer.log_dir or ".") / "checkpoints"
+        self.saved = Path(directory) / "last.ckpt"
+        if checkpoint_callback is not None:
+            # As ModelCheckpoint does before it saves last.ckpt: the resumed run's ModelCheckpoint overwrites it.
+            checkpoint_callback.last_model_path = str(self.saved)
+        trainer.save_checkpoint(self.saved)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.signal is None or not isinstance(exception, SIGTERMException):
+            return  # any other exception: no checkpoint from a state that may be broken
+        if self.saved is None:
+            self._save(trainer)
+        exception.code = 128 + self.signal  # the exit status of the SystemExit Lightning re-raises
+        config = Path(trainer.log_dir or ".") / "config.yaml"
+        command = f"python train.py fit {f'--config {config} ' if config.is_file() else ''}--ckpt_path {self.saved}"
+        if trainer.is_global_zero:
+            print(
+                f"{self.signal.name}: saved {self.saved} at step {trainer.global_step} (epoch {trainer.current_epoch});"
+                f" resume with: {command}",
+                file=sys.stderr,
+            )
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """A NaN or infinite loss stops training at once, naming the step, before any checkpoint is written from it.
+
+    The training loss is checked after each optimizer step, the validation loss after each validation: the
+    checkpoint callbacks run later (Lightning calls them last), so the last good checkpoint is never overwritten.
+    """
+
+    def __init__(self, val_loss: str = "val/loss"):
+        """
+        Args:
+            val_loss: The logged validation loss to check after each validation.
+        """
+        self.val_loss = val_loss
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
+            raise NonFiniteLossError("train/loss", loss.item(), trainer.global_step - 1, trainer.current_epoch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get(self.val_loss)
+        if not trainer.sanity_checking and loss is not None and not torch.isfinite(loss).all():
+            raise NonFiniteLossError(self.val_loss, loss.item(), trainer.global_step - 1, trainer.current_epoch)
+
+
+# --- reading ---
+
+
+def newest(root: Path, filename: str) -> Path:
+    """root/version_*/checkpoints/<filename> written last: what `--ckpt_path last` resumes."""
+    found = sorted(root.glob(f"version_*/checkpoints/{filename}"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"--ckpt_path last: there is no {root / 'version_*' / 'checkpoints' / filename}")
+    return found[-1]
+
+
+def run_directory(checkpoint: Path, root: Path) -> Path | None:
+    """root/version_N when the checkpoint is root/version_N/checkpoints/<file>: the run it continues, else None."""
+    if checkpoint.parent.name == "checkpoints" and checkpoint.resolve().parents[2] == root.resolve():
+        return checkpoint.parent.parent
+    return None
+
+
+def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The checkpoint at `path`, or CheckpointError saying in one line why it cannot be one of `kind`."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt? ({reason})") from None
+    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in keys):
+        raise CheckpointError(f"{path}: not a checkpoint of {kind}")
+    return checkpoint
+
+
+def adopt_settings(config, defaults, section: str, saved: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Give config[section] the settings the checkpoint was trained with; return those the run sets otherwise.
+
+    A setting still at its default (configs/default.yaml) takes the checkpoint's value, as LightningCLI does for the
+    model's; one set to something else by a flag or a config file contradicts the checkpoint and is returned.
+    """
+    conflicts = []
+    for key, value in saved.items():
+        if key.startswith("_") or key in ignore or key not in config[section]:
+            continue
+        current = config[section][key]
+        if current == value:
+            continue
+        if current != defaults[section][key]:
+            conflicts.append(f"{section}.{key}={current!r} (the checkpoint's: {value!r})")
+        else:
+            config[section][key] = value
+    return conflicts
+
+
+def refusal(path: Path, conflicts: list[str], run: Path | None) -> CheckpointError:
+    """The one line that refuses a checkpoint trained with other settings, and says how to give the run's own."""
+    config = run / "config.yaml" if run is not None else None
+    own = f"; --config {config} gives the run's own" if config is not None and config.is_file() else ""
+    return CheckpointError(f"{path} was trained with other settings: {', '.join(conflicts)}{own}")
+
+
+def shape_differences(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """The parameters whose shapes differ between a checkpoint's state_dict and a model's."""
+    return [
+        f"{name} {tuple(tensor.shape)} (this model's: {tuple(expected[name].shape)})"
+        for name, tensor in saved.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ] + [f"{name} (missing)" for name in expected if name not in saved]

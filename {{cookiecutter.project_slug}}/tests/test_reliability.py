@@ -1,0 +1,296 @@
+"""Checkpoints are never torn, a loss that turns NaN stops the run by name, a bad checkpoint is refused in one line.
+
+Both entry points, `python train.py fit` and `python train_torch.py`, the way a user meets each failure.
+"""
+
+import io
+import itertools
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import train
+import train_torch
+from {{ cookiecutter.package_name }}.checkpoints import AtomicCheckpointIO, CheckpointError, atomic_save
+from {{ cookiecutter.package_name }}.module import SpiralClassifier
+
+from conftest import QUIET, run
+
+# In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+
+# 90 training points in batches of 32: 3 steps an epoch, 12 in all.
+TINY = [
+    *QUIET,
+    "--trainer.max_epochs=4",
+    "--data.points_per_class=50",
+    "--data.batch_size=32",
+    "--boundary.every_n_epochs=0",
+]
+MAINS = {
+    "train.py fit": lambda args: train.main(["fit", "--trainer.enable_model_summary=false", *args]),
+    "train_torch.py": train_torch.main,
+}
+CHECKPOINTS = {
+    "train.py fit": "logs/lightning/version_0/checkpoints/last.ckpt",
+    "train_torch.py": "logs/torch/version_0/checkpoints/last.pt",
+}
+
+
+def refused(entry: str, args: list[str], capsys) -> str:
+    """Run in-process, expect a refusal; the one line it gives."""
+    with pytest.raises(SystemExit) as stop:
+        MAINS[entry](args)
+    assert stop.value.code not in (0, None)
+    said = capsys.readouterr().err + (stop.value.code if isinstance(stop.value.code, str) else "")
+    assert "Traceback" not in said
+    return said.strip().splitlines()[-1]
+
+
+# --- atomic writes ---
+
+
+def write_slowly(path: Path, how: str, pipe) -> None:
+    """In a child process: write a new checkpoint over `path`, stalling halfway until the parent kills it."""
+    save = torch.save
+
+    def stalling_save(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        with open(file, "wb") if isinstance(file, (str, Path)) else file as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            pipe.send("halfway")
+            time.sleep(60)
+            out.write(data[len(data) // 2 :])
+
+    torch.save = stalling_save
+    new = {"weights": torch.ones(10_000)}
+    {"AtomicCheckpointIO": AtomicCheckpointIO().save_checkpoint, "atomic_save": atomic_save, "torch.save": torch.save}[
+        how
+    ](new, path)
+
+
+def kill_halfway(path: Path, how: str) -> None:
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=write_slowly, args=(path, how, sender))
+    child.start()
+    assert receiver.poll(60) and receiver.recv() == "halfway"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("how", ["AtomicCheckpointIO", "atomic_save"])
+def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_checkpoint(how, tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_save({"weights": torch.zeros(10_000)}, path)
+    kill_halfway(path, how)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10_000))
+    [torn] = set(tmp_path.iterdir()) - {path}  # the half-written temporary file: the kill was mid-write
+    assert torn.name.startswith(".last.ckpt.") and torn.name.endswith(".tmp")
+    with pytest.raises(Exception):
+        torch.load(torn, weights_only=True)
+
+
+def test_without_the_rename_a_kill_in_the_middle_of_a_write_tears_the_checkpoint(tmp_path):
+    """The negative control: the same kill during a plain torch.save leaves no checkpoint at all."""
+    path = tmp_path / "last.ckpt"
+    atomic_save({"weights": torch.zeros(10_000)}, path)
+    kill_halfway(path, "torch.save")
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+
+
+def test_lightning_writes_its_checkpoints_through_the_atomic_plugin(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = MAINS["train.py fit"]([*TINY, "--trainer.max_epochs=1"])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert sorted(path.name for path in Path("logs/lightning/version_0/checkpoints").iterdir()) == [
+        "epoch=0-step=3.ckpt",
+        "last.ckpt",
+    ]  # no temporary file left behind
+
+
+# --- a loss that turns NaN ---
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make the loss NaN in the `at`-th training step (grad on) or the `at`-th validation (grad off), from 0."""
+
+    def poison(training: bool, at: int) -> None:
+        calls, forward = itertools.count(), nn.CrossEntropyLoss.forward
+
+        def poisoned(self, logits, target):
+            loss = forward(self, logits, target)
+            if torch.is_grad_enabled() == training and next(calls) == at:
+                return loss * float("nan")
+            return loss
+
+        monkeypatch.setattr(nn.CrossEntropyLoss, "forward", poisoned)
+
+    return poison
+
+
+# (training step or validation, which one counted from 0, what the run says): step 7 is epoch 2's second step;
+# epoch 2's validation comes after step 8.
+NANS = {
+    "in a training step": (True, 7, "error: train/loss is nan at step 7 (epoch 2)"),
+    "in a validation": (False, 2, "error: val/loss is nan at step 8 (epoch 2)"),
+}
+
+
+@pytest.mark.parametrize("entry", MAINS)
+@pytest.mark.parametrize("name", NANS)
+def test_a_nan_loss_stops_the_run_by_step_and_keeps_the_last_good_checkpoint(
+    name, entry, tmp_path, monkeypatch, capsys, poison
+):
+    training, at, message = NANS[name]
+    monkeypatch.chdir(tmp_path)
+    poison(training, at)
+    said = refused(entry, TINY, capsys)
+    assert said == f"{message}: training stopped, no checkpoint was written from it"
+    checkpoint = torch.load(CHECKPOINTS[entry], weights_only=True)
+    assert checkpoint.get("global_step", checkpoint.get("step")) == 6  # epoch 1's, the last good one
+    weights = checkpoint.get("state_dict", checkpoint.get("model"))
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+@pytest.mark.parametrize("script", ["train.py", "train_torch.py"])
+def test_a_learning_rate_that_blows_up_is_one_line_and_no_checkpoint(script, tmp_path):
+    """A real divergence, as a user runs it: lr 1e30 makes the second step's loss NaN."""
+    subcommand = ["fit"] if script == "train.py" else []
+    result = run(script, *subcommand, *TINY, "--model.lr=1e30", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert (
+        lines[-1] == "error: train/loss is nan at step 1 (epoch 0): training stopped, no checkpoint was written from it"
+    )
+    assert not list(tmp_path.glob("logs/*/version_0/checkpoints/*"))
+
+
+# --- bad checkpoints ---
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> Path:
+    """A directory holding one tiny Lightning run and one tiny plain-loop run, each with its checkpoint."""
+    cwd = tmp_path_factory.mktemp("fitted")
+    for main in MAINS.values():
+        main([*TINY, "--trainer.max_epochs=1", f"--trainer.logger.init_args.save_dir={cwd / 'logs'}"])
+    return cwd
+
+
+@pytest.fixture
+def at_fitted(fitted, tmp_path, monkeypatch) -> Path:
+    """A fresh working directory with a copy of both runs' checkpoints in its logs/."""
+    for entry, checkpoint in CHECKPOINTS.items():
+        (tmp_path / checkpoint).parent.mkdir(parents=True)
+        (tmp_path / checkpoint).write_bytes((fitted / checkpoint).read_bytes())
+        (tmp_path / checkpoint).parents[1].joinpath("config.yaml").write_bytes(
+            (fitted / checkpoint).parents[1].joinpath("config.yaml").read_bytes()
+        )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def files(directory: Path) -> set[Path]:
+    return {path for path in directory.rglob("*") if path.is_file()}
+
+
+def truncated(path: Path) -> Path:
+    bad = path.with_name("bad" + path.suffix)
+    bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return bad
+
+
+def text(path: Path) -> Path:
+    notes = path.with_name("notes.txt")
+    notes.write_text("not a checkpoint\n")
+    return notes
+
+
+def other_loops(path: Path) -> Path:
+    return Path(CHECKPOINTS["train_torch.py" if path.suffix == ".ckpt" else "train.py fit"])
+
+
+BAD = {
+    # name: (how to make it from the run's checkpoint, flags, the message's start)
+    "a missing file": (lambda path: Path("nope.ckpt"), [], "error: nope.ckpt: no such checkpoint file"),
+    "a directory": (lambda path: path.parent, [], "error: {path}: not a file"),
+    "a truncated file": (truncated, [], "error: {path}: not a readable checkpoint, truncated or corrupt? ("),
+    "a text file": (text, [], "error: {path}: not a readable checkpoint, truncated or corrupt? ("),
+    "the other loop's checkpoint": (other_loops, [], "error: {path}: not a checkpoint of "),
+    "another model shape": (
+        lambda path: path,
+        ["--model.hidden=64"],
+        "error: {path} was trained with other settings: model.hidden=64 (the checkpoint's: 128); "
+        "--config {path.parent.parent}/config.yaml gives the run's own",
+    ),
+    "another batch size": (
+        lambda path: path,
+        ["--data.batch_size=16"],
+        "error: {path} was trained with other settings: data.batch_size=16 (the checkpoint's: 32)",
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", MAINS)
+@pytest.mark.parametrize("name", BAD)
+def test_a_bad_checkpoint_is_refused_in_one_line_with_nothing_written(name, entry, at_fitted, capsys):
+    make, flags, message = BAD[name]
+    path = make(Path(CHECKPOINTS[entry]))
+    before = files(at_fitted)
+    said = refused(entry, [*TINY, "--trainer.max_epochs=1", *flags, f"--ckpt_path={path}"], capsys)
+    assert said.startswith(message.format(path=path)), said
+    assert files(at_fitted) == before
+
+
+@pytest.mark.parametrize("entry", MAINS)
+def test_ckpt_path_last_without_a_run_is_refused(entry, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    said = refused(entry, [*TINY, "--ckpt_path=last"], capsys)
+    side, filename = ("lightning", "last.ckpt") if entry == "train.py fit" else ("torch", "last.pt")
+    assert said == f"error: --ckpt_path last: there is no logs/{side}/version_*/checkpoints/{filename}"
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_a_checkpoint_with_another_model_shape_is_refused(subcommand, at_fitted, capsys):
+    path = CHECKPOINTS["train.py fit"]
+    with pytest.raises(SystemExit) as stop:
+        train.main([subcommand, *TINY, "--model.hidden=64", f"--ckpt_path={path}"])
+    assert (
+        stop.value.code
+        == f"error: {path} was trained with other settings: model.hidden=64 (the checkpoint's: 128)"
+        + (f"; --config {Path(path).parent.parent}/config.yaml gives the run's own")
+    )
+
+
+def test_a_checkpoint_of_another_shape_is_named_when_it_is_loaded(at_fitted):
+    """Past the CLI (load_state_dict in a script, a checkpoint whose hyperparameters were edited): still one line."""
+    checkpoint = torch.load(CHECKPOINTS["train.py fit"], weights_only=True)
+    with pytest.raises(
+        CheckpointError, match=r"another shape: model\.net\.0\.weight \(128, 2\) \(this model's: \(64, 2\)\)"
+    ):
+        SpiralClassifier(hidden=64).on_load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("script", ["train.py", "train_torch.py"])
+def test_the_entry_points_refuse_a_truncated_checkpoint_without_a_traceback(script, fitted, tmp_path):
+    entry = "train.py fit" if script == "train.py" else "train_torch.py"
+    bad = tmp_path / ("bad" + Path(CHECKPOINTS[entry]).suffix)
+    bad.write_bytes((fitted / CHECKPOINTS[entry]).read_bytes()[:1000])
+    subcommand = ["fit"] if script == "train.py" else []
+    result = run(script, *subcommand, *TINY, f"--ckpt_path={bad}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: not a readable checkpoint")

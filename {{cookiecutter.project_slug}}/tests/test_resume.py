@@ -1,0 +1,293 @@
+"""An interrupted run goes on exactly as it would have gone without the interruption, in both loops.
+
+Every run here has dropout on, so a resumed run that drew other random numbers than the uninterrupted one would
+show. "Exactly": the final checkpoint (weights, optimizer, scheduler, epoch and step, the shuffle generator, the
+random state, Lightning's loop counters) is torch.equal to the uninterrupted run's, and so is every scalar the run
+directory's TensorBoard files hold, the steps logged after resuming included.
+"""
+
+import gc
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+import train
+import train_torch
+
+from conftest import QUIET, ROOT, event_scalars
+
+# In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+
+# 90 training points in batches of 32: 3 steps an epoch, 12 in all.
+TINY = [
+    *QUIET,
+    "--trainer.max_epochs=4",
+    "--data.points_per_class=50",
+    "--data.batch_size=32",
+    "--boundary.every_n_epochs=0",
+    "--model.dropout=0.3",
+]
+LIGHTNING = ["--trainer.enable_model_summary=false"]
+# For the kill tests: the default 1800 training points, 29 steps an epoch, 348 in all: seconds to kill in.
+LONGER = [*QUIET, "--trainer.max_epochs=12", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
+WORKERS = ["--data.num_workers=2", "--data.persistent_workers=true"]
+SKIP = {"callbacks", "pytorch-lightning_version"}  # ModelCheckpoint's state holds the run's own paths
+
+
+def differences(a, b, path: str = "") -> list[str]:
+    """Where two nested structures of tensors, dicts, lists and plain values are not identical."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        return [] if same else [path]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path} keys {sorted(map(str, a))} != {sorted(map(str, b))}"]
+        return [d for key in a if key not in SKIP for d in differences(a[key], b[key], f"{path}.{key}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path} length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def run_dir(cwd: Path, side: str) -> Path:
+    """The one run directory a fit wrote: resumed runs go on in the run they resume."""
+    [directory] = (cwd / "logs" / side).iterdir()
+    return directory
+
+
+def final(cwd: Path, side: str) -> tuple[dict, dict]:
+    """The run's last checkpoint and its TensorBoard scalars."""
+    directory = run_dir(cwd, side)
+    name = "last.ckpt" if side == "lightning" else "last.pt"
+    return torch.load(directory / "checkpoints" / name, weights_only=True), event_scalars(directory)
+
+
+def mismatches(run: tuple[dict, dict], reference: tuple[dict, dict]) -> list[str]:
+    (checkpoint, scalars), (expected_checkpoint, expected_scalars) = run, reference
+    found = differences(checkpoint, expected_checkpoint)
+    found += [f"scalars {tag}" for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]]
+    return found + [f"scalars {tag} extra" for tag in scalars.keys() - expected_scalars.keys()]
+
+
+def fit(side: str, args: list[str]):
+    return train.main(["fit", *LIGHTNING, *args]) if side == "lightning" else train_torch.main(args)
+
+
+_references = {}
+
+
+@pytest.fixture
+def reference(tmp_path_factory):
+    """The uninterrupted run's final checkpoint and scalars, once per loop and flags."""
+
+    def get(side: str, args: list[str]):
+        key = (side, *args)
+        if key not in _references:
+            cwd = tmp_path_factory.mktemp("reference")
+            fit(side, [*args, f"--trainer.logger.init_args.save_dir={cwd / 'logs'}"])
+            _references[key] = final(cwd, side)
+        return _references[key]
+
+    return get
+
+
+class SendAt:
+    """Sends `signum` to this process from inside the optimizer step of the `step`-th batch (counted from 0)."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step, self.calls = signum, step, 0
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        if self.calls == self.step:
+            os.kill(os.getpid(), self.signum)  # Python runs the handler here, before Adam updates a weight
+        self.calls += 1
+
+
+def interrupted(side: str, args: list[str], signum: int, step: int, capsys) -> tuple[int | str, str]:
+    """Run with `signum` arriving in the step-th optimizer step; the exit code and the last line on stderr."""
+    handle = register_optimizer_step_pre_hook(SendAt(signum, step))
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as stop:
+            fit(side, args)
+    finally:
+        handle.remove()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    gc.collect()  # the stopped run's DataLoader workers, before the next run starts its own
+    lines = capsys.readouterr().err.strip().splitlines()
+    return stop.value.code, lines[-1] if lines else ""
+
+
+# --- Lightning: Ctrl-C and SIGTERM stop after the batch, mid-epoch included ---
+
+# (signal, step it arrives in): the first step, a step mid-epoch, an epoch's last step (then validation runs
+# first), the run's last step.
+STOPS = [(signal.SIGINT, 0), (signal.SIGTERM, 4), (signal.SIGINT, 5), (signal.SIGTERM, 11)]
+
+
+@pytest.mark.parametrize("signum, step", STOPS, ids=[f"{s.name}-step{n}" for s, n in STOPS])
+def test_a_signal_stops_lightning_after_the_batch_and_resuming_is_bit_identical(
+    signum, step, tmp_path, monkeypatch, capsys, reference
+):
+    expected = reference("lightning", TINY)
+    monkeypatch.chdir(tmp_path)
+    code, said = interrupted("lightning", TINY, signum, step, capsys)
+    assert code == 128 + signum
+    checkpoint = Path("logs/lightning/version_0/checkpoints/last.ckpt")
+    assert said.startswith(f"{signum.name}: saved {checkpoint} at step {step + 1} ")
+    command = f"python train.py fit --config {checkpoint.parents[1]}/config.yaml --ckpt_path {checkpoint}"
+    assert said.endswith(f"resume with: {command}")
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == step + 1  # the batch the signal arrived in was finished, no further one
+    fit("lightning", [*TINY, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, "lightning"), expected) == []
+
+
+def test_lightning_resumes_mid_epoch_with_persistent_workers(tmp_path, monkeypatch, capsys, reference):
+    """New worker processes draw a seed the interrupted run's reused ones did not; it must not shift the shuffle."""
+    expected = reference("lightning", [*TINY, *WORKERS])
+    monkeypatch.chdir(tmp_path)
+    code, _ = interrupted("lightning", [*TINY, *WORKERS], signal.SIGINT, 4, capsys)
+    assert code == 130
+    fit("lightning", [*TINY, *WORKERS, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, "lightning"), expected) == []
+
+
+def test_the_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):
+    """Mid-epoch, the training DataLoader's state says how far the epoch got and in which order."""
+    monkeypatch.chdir(tmp_path)
+    interrupted("lightning", TINY, signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
+    saved = torch.load("logs/lightning/version_0/checkpoints/last.ckpt", weights_only=True)
+    [loader] = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader["batches"] == 2 and sorted(loader["order"].tolist()) == list(range(90))
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 2
+
+
+def test_without_the_random_state_a_resumed_run_with_dropout_differs(tmp_path, monkeypatch, capsys, reference):
+    """The negative control: the checkpoint's random state is what makes the run above identical."""
+    expected = reference("lightning", TINY)
+    monkeypatch.chdir(tmp_path)
+    interrupted("lightning", TINY, signal.SIGINT, 4, capsys)
+    path = Path("logs/lightning/version_0/checkpoints/last.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["rng"]
+    torch.save(checkpoint, path)
+    fit("lightning", [*TINY, "--ckpt_path=last"])
+    assert ".state_dict.model.net.0.weight" in mismatches(final(tmp_path, "lightning"), expected)
+
+
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path, monkeypatch, capsys, reference):
+    """The model's and the data's settings and max_epochs come from the checkpoint, not from configs/default.yaml."""
+    expected = reference(side, TINY)
+    monkeypatch.chdir(tmp_path)
+    interrupted(side, TINY, signal.SIGINT, 7, capsys)
+    fit(side, [*QUIET, "--boundary.every_n_epochs=0", "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, side), expected) == []
+
+
+# --- the plain loop: Ctrl-C and SIGTERM stop at once; it goes on from the last epoch's checkpoint ---
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_the_plain_loop_resumes_from_its_last_epoch_bit_identically(signum, tmp_path, monkeypatch, capsys, reference):
+    expected = reference("torch", TINY)
+    monkeypatch.chdir(tmp_path)
+    code, said = interrupted("torch", TINY, signum, 7, capsys)  # in epoch 2: epochs 0 and 1 are saved
+    assert code == 128 + signum
+    checkpoint = Path("logs/torch/version_0/checkpoints/last.pt")
+    command = f"python train_torch.py --config {checkpoint.parents[1]}/config.yaml --ckpt_path {checkpoint}"
+    assert said == f"{signum.name}: stopped; resume from the last epoch's checkpoint with: {command}"
+    assert torch.load(checkpoint, weights_only=True)["step"] == 6
+    train_torch.main([*TINY, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, "torch"), expected) == []
+
+
+def test_the_plain_loop_resumes_with_persistent_workers(tmp_path, monkeypatch, capsys, reference):
+    expected = reference("torch", [*TINY, *WORKERS])
+    monkeypatch.chdir(tmp_path)
+    interrupted("torch", [*TINY, *WORKERS], signal.SIGINT, 7, capsys)
+    train_torch.main([*TINY, *WORKERS, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, "torch"), expected) == []
+
+
+# --- SIGKILL at random moments, as a pre-empted job or the out-of-memory killer would ---
+
+
+def newest_write(path: Path) -> float:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, kills: int, seed: int) -> list[str]:
+    """SIGKILL the run at a random moment after each new checkpoint, `kills` times; resume each time with
+    `--ckpt_path last`; then let it finish. Returns what happened, for the assertion messages."""
+    rng, history = random.Random(seed), []
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for attempt in range(kills + 1):
+        path = next((cwd / "logs").glob(f"*/version_*/checkpoints/{checkpoint}"), None)
+        written = newest_write(path) if path else 0
+        resume = ["--ckpt_path=last"] if path else []
+        command = [sys.executable, str(ROOT / script), *args, *resume]
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < kills:
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:  # until it writes a checkpoint
+                path = next((cwd / "logs").glob(f"*/version_*/checkpoints/{checkpoint}"), None)
+                if path and newest_write(path) != written:
+                    break
+                time.sleep(0.02)
+            delay = rng.uniform(0, 0.5)
+            time.sleep(delay)
+            process.kill()
+        _, stderr = process.communicate(timeout=300)
+        how = f"killed {delay:.2f}s after a checkpoint" if attempt < kills else "to the end"
+        history.append(f"run {attempt}: exit {process.returncode}, {how}")
+        if attempt < kills and process.returncode != -signal.SIGKILL:
+            assert process.returncode == 0, stderr.decode()[-3000:]
+            break  # it finished before the kill
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    return history
+
+
+KILLS = [("train.py", "lightning", "last.ckpt", 3), ("train_torch.py", "torch", "last.pt", 2)]
+
+
+@pytest.mark.parametrize("script, side, checkpoint, kills", KILLS, ids=[side for _, side, _, _ in KILLS])
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(script, side, checkpoint, kills, tmp_path, reference):
+    expected = reference(side, LONGER)
+    args = ["fit", *LIGHTNING, *LONGER] if side == "lightning" else LONGER
+    seed = random.randrange(2**32)
+    history = kill_and_resume(script, args, tmp_path, checkpoint, kills=kills, seed=seed)
+    assert sum("exit -9" in line for line in history) >= 1, history  # a kill landed
+    assert mismatches(final(tmp_path, side), expected) == [], (seed, history)
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cleanly(tmp_path, reference):
+    """A terminal sends Ctrl-C to its whole process group: the DataLoader's worker processes get it too."""
+    expected = reference("lightning", [*LONGER, *WORKERS])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, str(ROOT / "train.py"), "fit", *LIGHTNING, *LONGER, *WORKERS]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    checkpoint = tmp_path / "logs" / "lightning" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.5))
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr.decode()[-3000:]
+    assert stderr.decode().strip().splitlines()[-1].startswith("SIGINT: saved logs/lightning/version_0/checkpoints")
+    resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert mismatches(final(tmp_path, "lightning"), expected) == []
