@@ -52,3 +52,19 @@ def written(monkeypatch) -> dict[str, dict[str, list[tuple[int, float]]]]:
 
     monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
     return calls
+
+
+def differences(a, b, path: str = "", skip: frozenset = frozenset()) -> list[str]:
+    """Where two nested structures of tensors, dicts, lists and plain values are not identical (`skip`: dict keys)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        return [] if same else [path]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path} keys {sorted(map(str, a))} != {sorted(map(str, b))}"]
+        return [d for key in a if key not in skip for d in differences(a[key], b[key], f"{path}.{key}", skip)]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path} length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]", skip)]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]

@@ -18,7 +18,7 @@ import train_torch
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
-from conftest import QUIET, SMALL, event_scalars, run
+from conftest import QUIET, SMALL, differences, event_scalars, run
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 
@@ -29,22 +29,6 @@ def train_both(tmp_path: Path, written, *flags: str):
     cli = train.main(["fit", *args, "--trainer.enable_model_summary=false"])
     plain = train_torch.main(args)
     return cli, plain
-
-
-def differences(a, b, path: str = "") -> list[str]:
-    """Where two nested structures of tensors, dicts, lists and plain values are not identical."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-        return [] if same else [path]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path} keys {sorted(a)} != {sorted(b)}"]
-        return [d for key in a for d in differences(a[key], b[key], f"{path}.{key}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{path} length {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
 def series(written, side: str, tag: str) -> tuple[list[int], torch.Tensor]:

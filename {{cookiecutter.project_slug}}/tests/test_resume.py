@@ -22,7 +22,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import train
 import train_torch
 
-from conftest import QUIET, ROOT, event_scalars
+from conftest import QUIET, ROOT, differences, event_scalars
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
@@ -43,22 +43,6 @@ WORKERS = ["--data.num_workers=2", "--data.persistent_workers=true"]
 SKIP = {"callbacks", "pytorch-lightning_version"}  # ModelCheckpoint's state holds the run's own paths
 
 
-def differences(a, b, path: str = "") -> list[str]:
-    """Where two nested structures of tensors, dicts, lists and plain values are not identical."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-        return [] if same else [path]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path} keys {sorted(map(str, a))} != {sorted(map(str, b))}"]
-        return [d for key in a if key not in SKIP for d in differences(a[key], b[key], f"{path}.{key}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{path} length {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
-
-
 def run_dir(cwd: Path, side: str) -> Path:
     """The one run directory a fit wrote: resumed runs go on in the run they resume."""
     [directory] = (cwd / "logs" / side).iterdir()
@@ -74,7 +58,7 @@ def final(cwd: Path, side: str) -> tuple[dict, dict]:
 
 def mismatches(run: tuple[dict, dict], reference: tuple[dict, dict]) -> list[str]:
     (checkpoint, scalars), (expected_checkpoint, expected_scalars) = run, reference
-    found = differences(checkpoint, expected_checkpoint)
+    found = differences(checkpoint, expected_checkpoint, skip=SKIP)
     found += [f"scalars {tag}" for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]]
     return found + [f"scalars {tag} extra" for tag in scalars.keys() - expected_scalars.keys()]
 
