@@ -10,9 +10,9 @@ setting that would change what Lightning computes but the plain loop does not im
 
 It writes checkpoints/last.pt at the end of every epoch, atomically. `--ckpt_path` goes on from one exactly as the
 run would have gone on, in the run's own log directory; the model's and the data's settings and trainer.max_epochs
-are taken from the checkpoint, and a flag that contradicts them is refused by name. Ctrl-C or SIGTERM stops at
-once (exit 130 or 143) and says how to resume from the last epoch's checkpoint. A NaN or infinite loss stops the run,
-naming the step, and leaves the checkpoint as it was.
+are taken from the checkpoint, and a flag that contradicts them is refused by name. Ctrl-C or SIGTERM finishes the
+batch, writes last.pt of exactly that point (mid-epoch too), says how to resume and exits with 130 or 143; a second
+Ctrl-C stops at once. A NaN or infinite loss stops the run, naming the step, and leaves the checkpoint as it was.
 """
 
 import os
@@ -29,6 +29,8 @@ from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
 from {{ cookiecutter.package_name }}.checkpoints import (
     CheckpointError,
     NonFiniteLossError,
+    StoppedBySignal,
+    StopRequest,
     adopt_settings,
     newest,
     read_checkpoint,
@@ -118,10 +120,6 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
     return checkpoint, run or next_version(root)
 
 
-def stop(signum: int, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)  # SIGTERM as Ctrl-C: the checkpoints are atomic
-
-
 def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
     """Train as configured; return the model, optimiser and scheduler as they end."""
     parser, config = parse(args)
@@ -137,7 +135,9 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
-    previous = signal.signal(signal.SIGTERM, stop)
+    command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
+    stop = StopRequest()
+    previous = stop.listen()
     try:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
         with SummaryWriter(log_dir, purge_step=resume and resume["step"]) as writer:
@@ -155,19 +155,24 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
                 boundary=boundary,
                 checkpoint=checkpoint,
                 resume=resume,
+                stop=stop,
             )
     except NonFiniteLossError as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt as interrupt:
-        name = str(interrupt) or "SIGINT"
-        if checkpoint.exists():
-            command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-            print(f"{name}: stopped; resume from the last epoch's checkpoint with: {command}", file=sys.stderr)
-        else:
-            print(f"{name}: stopped in the first epoch, before the first checkpoint", file=sys.stderr)
-        sys.exit(128 + signal.Signals[name])
+    except StoppedBySignal as stopped:
+        print(
+            f"{stopped.signal.name}: saved {checkpoint} at step {stopped.step} (epoch {stopped.epoch});"
+            f" resume with: {command}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stopped.signal)
+    except KeyboardInterrupt:  # a second Ctrl-C
+        said = f"resume from the last checkpoint with: {command}" if checkpoint.exists() else "no checkpoint yet"
+        print(f"SIGINT: stopped at once; {said}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if boundary.save(log_dir / "decision_boundary.gif"):
         print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
     print(f"logs: {log_dir}")

@@ -113,39 +113,45 @@ def interrupted(side: str, args: list[str], signum: int, step: int, capsys) -> t
     return stop.value.code, lines[-1] if lines else ""
 
 
-# --- Lightning: Ctrl-C and SIGTERM stop after the batch, mid-epoch included ---
+# --- Ctrl-C and SIGTERM stop after the batch, mid-epoch included ---
 
 # (signal, step it arrives in): the first step, a step mid-epoch, an epoch's last step (then validation runs
 # first), the run's last step.
 STOPS = [(signal.SIGINT, 0), (signal.SIGTERM, 4), (signal.SIGINT, 5), (signal.SIGTERM, 11)]
+ENTRY = {
+    "lightning": ("python train.py fit", "last.ckpt", "global_step"),
+    "torch": ("python train_torch.py", "last.pt", "step"),
+}
 
 
+@pytest.mark.parametrize("side", ["lightning", "torch"])
 @pytest.mark.parametrize("signum, step", STOPS, ids=[f"{s.name}-step{n}" for s, n in STOPS])
-def test_a_signal_stops_lightning_after_the_batch_and_resuming_is_bit_identical(
-    signum, step, tmp_path, monkeypatch, capsys, reference
+def test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical(
+    side, signum, step, tmp_path, monkeypatch, capsys, reference
 ):
-    expected = reference("lightning", TINY)
+    expected = reference(side, TINY)
     monkeypatch.chdir(tmp_path)
-    code, said = interrupted("lightning", TINY, signum, step, capsys)
+    code, said = interrupted(side, TINY, signum, step, capsys)
     assert code == 128 + signum
-    checkpoint = Path("logs/lightning/version_0/checkpoints/last.ckpt")
+    entry, name, step_key = ENTRY[side]
+    checkpoint = Path(f"logs/{side}/version_0/checkpoints/{name}")
     assert said.startswith(f"{signum.name}: saved {checkpoint} at step {step + 1} ")
-    command = f"python train.py fit --config {checkpoint.parents[1]}/config.yaml --ckpt_path {checkpoint}"
-    assert said.endswith(f"resume with: {command}")
+    assert said.endswith(f"resume with: {entry} --config {checkpoint.parents[1]}/config.yaml --ckpt_path {checkpoint}")
     saved = torch.load(checkpoint, weights_only=True)
-    assert saved["global_step"] == step + 1  # the batch the signal arrived in was finished, no further one
-    fit("lightning", [*TINY, "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, "lightning"), expected) == []
+    assert saved[step_key] == step + 1  # the batch the signal arrived in was finished, no further one
+    fit(side, [*TINY, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, side), expected) == []
 
 
-def test_lightning_resumes_mid_epoch_with_persistent_workers(tmp_path, monkeypatch, capsys, reference):
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_resuming_mid_epoch_with_persistent_workers(side, tmp_path, monkeypatch, capsys, reference):
     """New worker processes draw a seed the interrupted run's reused ones did not; it must not shift the shuffle."""
-    expected = reference("lightning", [*TINY, *WORKERS])
+    expected = reference(side, [*TINY, *WORKERS])
     monkeypatch.chdir(tmp_path)
-    code, _ = interrupted("lightning", [*TINY, *WORKERS], signal.SIGINT, 4, capsys)
+    code, _ = interrupted(side, [*TINY, *WORKERS], signal.SIGINT, 4, capsys)
     assert code == 130
-    fit("lightning", [*TINY, *WORKERS, "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, "lightning"), expected) == []
+    fit(side, [*TINY, *WORKERS, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, side), expected) == []
 
 
 def test_the_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):
@@ -181,29 +187,12 @@ def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path,
     assert mismatches(final(tmp_path, side), expected) == []
 
 
-# --- the plain loop: Ctrl-C and SIGTERM stop at once; it goes on from the last epoch's checkpoint ---
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
-def test_the_plain_loop_resumes_from_its_last_epoch_bit_identically(signum, tmp_path, monkeypatch, capsys, reference):
-    expected = reference("torch", TINY)
+def test_the_plain_loops_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, said = interrupted("torch", TINY, signum, 7, capsys)  # in epoch 2: epochs 0 and 1 are saved
-    assert code == 128 + signum
-    checkpoint = Path("logs/torch/version_0/checkpoints/last.pt")
-    command = f"python train_torch.py --config {checkpoint.parents[1]}/config.yaml --ckpt_path {checkpoint}"
-    assert said == f"{signum.name}: stopped; resume from the last epoch's checkpoint with: {command}"
-    assert torch.load(checkpoint, weights_only=True)["step"] == 6
-    train_torch.main([*TINY, "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, "torch"), expected) == []
-
-
-def test_the_plain_loop_resumes_with_persistent_workers(tmp_path, monkeypatch, capsys, reference):
-    expected = reference("torch", [*TINY, *WORKERS])
-    monkeypatch.chdir(tmp_path)
-    interrupted("torch", [*TINY, *WORKERS], signal.SIGINT, 7, capsys)
-    train_torch.main([*TINY, *WORKERS, "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, "torch"), expected) == []
+    interrupted("torch", TINY, signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
+    saved = torch.load("logs/torch/version_0/checkpoints/last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["loader"]["batches"] == 2
+    assert sorted(saved["loader"]["order"].tolist()) == list(range(90))
 
 
 # --- SIGKILL at random moments, as a pre-empted job or the out-of-memory killer would ---

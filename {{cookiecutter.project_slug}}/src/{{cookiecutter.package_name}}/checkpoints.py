@@ -6,8 +6,8 @@
 - `atomic_save` (the plain loop) and `AtomicCheckpointIO` (Lightning's plugin point) write a checkpoint to a
   temporary file beside it, sync it to disk and rename it over the old one: a kill at any moment leaves the old
   checkpoint or the new one, never a torn file.
-- `GracefulStop`: Ctrl-C (SIGINT) or SIGTERM finishes the batch, writes last.ckpt of exactly that point, prints how
-  to resume and exits with 130 or 143.
+- `StopRequest` / `GracefulStop`: Ctrl-C (SIGINT) or SIGTERM finishes the batch, writes a checkpoint of exactly that
+  point (the plain loop: loop.py; Lightning: the callback), prints how to resume and exits with 130 or 143.
 - `StopOnNonFiniteLoss`: a NaN or infinite loss stops training, naming the step, before a checkpoint is written
   from it.
 - `rng_state` / `set_rng_state`: torch's global random state, which dropout draws from; both loops checkpoint it.
@@ -100,32 +100,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- stopping ---
 
 
-class GracefulStop(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM: finish the batch, write last.ckpt of exactly that point, say how to resume.
+class StopRequest:
+    """Ctrl-C (SIGINT) and SIGTERM only note that a stop was asked for; the loop stops where it can go on from.
 
     Python's own SIGINT handler raises KeyboardInterrupt wherever the program is, in the middle of Adam's update
-    too, and Lightning then stops without a checkpoint; Lightning's SIGTERM handler may stop in the middle of a
-    validation, whose metrics a checkpoint does not hold. Here both signals only set a flag. After the batch's
-    optimizer step (or, on an epoch's last batch, after the epoch's validation) the callback lets Lightning raise
-    its SIGTERMException at a point its loops resume from, and writes last.ckpt: at the end of an epoch where
-    ModelCheckpoint would, mid-epoch when the exception arrives, after the batch is logged. The process exits with
-    128 + the signal's number: 130 for SIGINT, 143 for SIGTERM. A second Ctrl-C stops at once, without a checkpoint.
-
-    A SIGKILL cannot be caught; the run then goes on from its last checkpoint. So that the logged curve has no gap
-    up to it, the loggers are flushed with every checkpoint (TensorBoard's writer holds events for up to 2 minutes).
+    too. Here the first signal sets `signal`, and the loop (loop.py, or GracefulStop for Lightning) stops after the
+    batch; a second Ctrl-C raises KeyboardInterrupt at once.
     """
 
     def __init__(self):
         self.signal: signal.Signals | None = None
-        self.saved: Path | None = None
         self.pid = os.getpid()  # the process that trains
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Here, not earlier: the Trainer installs its own SIGTERM handler just before training starts.
-        self.signal = signal.SIGTERM if trainer.received_sigterm else None  # one that came in between
-        self.saved, self.pid = None, os.getpid()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._note)  # the Trainer restores the previous handlers when it ends
+    def listen(self) -> dict[int, Any]:
+        """Install the handlers; return the ones they replace."""
+        self.pid = os.getpid()
+        return {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def _note(self, signum: int, frame) -> None:
         if os.getpid() != self.pid:  # a DataLoader worker forked since: it stops as it would without this handler
@@ -136,6 +126,40 @@ class GracefulStop(L.Callback):
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum)
         print(f"\n{self.signal.name}: stopping after this batch (Ctrl-C again: at once)", file=sys.stderr)
+
+
+class StoppedBySignal(Exception):
+    """The plain loop stopped on Ctrl-C or SIGTERM after writing a checkpoint of the point it reached."""
+
+    def __init__(self, signum: signal.Signals, step: int, epoch: int):
+        super().__init__(f"{signum.name}: saved at step {step} (epoch {epoch})")
+        self.signal, self.step, self.epoch = signum, step, epoch
+
+
+class GracefulStop(StopRequest, L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the batch, write last.ckpt of exactly that point, say how to resume.
+
+    Lightning stops without a checkpoint on a KeyboardInterrupt, and its SIGTERM handler may stop in the middle of
+    a validation, whose metrics a checkpoint does not hold. Here both signals only set a flag (StopRequest). After
+    the batch's optimizer step (or, on an epoch's last batch, after the epoch's validation) the callback lets
+    Lightning raise its SIGTERMException at a point its loops resume from, and writes last.ckpt: at the end of an
+    epoch where ModelCheckpoint would, mid-epoch when the exception arrives, after the batch is logged. The process
+    exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM. A second Ctrl-C stops at once, without a
+    checkpoint.
+
+    A SIGKILL cannot be caught; the run then goes on from its last checkpoint. So that the logged curve has no gap
+    up to it, the loggers are flushed with every checkpoint (TensorBoard's writer holds events for up to 2 minutes).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.saved: Path | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not earlier: the Trainer installs its own SIGTERM handler just before training starts.
+        self.signal = signal.SIGTERM if trainer.received_sigterm else None  # one that came in between
+        self.saved = None
+        self.listen()  # the Trainer restores the previous handlers when it ends
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         # Not on the epoch's last batch: the scheduler's epoch step and the validation belong to it.

@@ -92,6 +92,11 @@ ROWS = (
         "left out, a run whose loss turned NaN trains on to the end of the epoch",
     ),
     Row(
+        "if stop is not None and stop.signal and loader.batches < len(loader):",
+        "`GracefulStop` callback, `on_train_batch_end` (checkpoints.py)",
+        "left out, a Ctrl-C waits for the end of the epoch (the `if stop` after `save(epoch + 1)`)",
+    ),
+    Row(
         "scheduler.step()",
         "`lr_scheduler_step`, interval `epoch`",
         "inside the batch loop, the learning rate decays len(loader) times per epoch instead of once",

@@ -16,7 +16,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm import trange
 
 from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
-from {{ cookiecutter.package_name }}.checkpoints import NonFiniteLossError, atomic_save, rng_state, set_rng_state
+from {{ cookiecutter.package_name }}.checkpoints import (
+    NonFiniteLossError,
+    StoppedBySignal,
+    StopRequest,
+    atomic_save,
+    rng_state,
+    set_rng_state,
+)
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
 
@@ -36,10 +43,12 @@ def fit(
     boundary: BoundaryAnimation | None = None,
     checkpoint: Path | None = None,
     resume: dict | None = None,
+    stop: StopRequest | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Train an MLP on `data`; `writer.add_scalar` receives the same tags and steps as Lightning logs.
 
     `checkpoint` is written at the end of every epoch; `resume`, a checkpoint read back, goes on from its end.
+    When `stop` notes a signal, the loop writes `checkpoint` after the batch, mid-epoch too, and raises StoppedBySignal.
     """
     torch.manual_seed(seed)  # seed_everything (LightningCLI: seed_everything)
     classes = data.hparams.classes
@@ -58,8 +67,28 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)  # configure_optimizers
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)  # configure_optimizers
 
+    def save(epoch_to_go_on_in: int) -> None:  # ModelCheckpoint / GracefulStop -> Trainer.save_checkpoint
+        atomic_save(  # through AtomicCheckpointIO (checkpoints.py)
+            {
+                "epoch": epoch_to_go_on_in,  # "epoch", "loops": where the fit loop goes on
+                "step": step,  # "global_step"
+                "model": model.state_dict(),  # "state_dict"
+                "optimiser": optimiser.state_dict(),  # "optimizer_states"
+                "scheduler": scheduler.state_dict(),  # "lr_schedulers"
+                "data": data.state_dict(),  # LightningDataModule.state_dict
+                "loader": loader.state_dict(),  # the fit loop's "combined_loader": the epoch's order and position
+                "rng": rng_state(),  # LightningModule.on_save_checkpoint (module.py)
+                "hparams": {  # "hyper_parameters", "datamodule_hyper_parameters"
+                    "model": {"hidden": hidden, "dropout": dropout, "lr": lr, "classes": classes},
+                    "data": dict(data.hparams),
+                },
+            },
+            checkpoint,
+        )
+        writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to its checkpoint
+
     # --- resume ---
-    start_epoch, step = 0, 0
+    start_epoch, step, mid_epoch = 0, 0, False
     if resume is not None:  # Trainer.fit(ckpt_path=...), before training starts
         model.load_state_dict(resume["model"])  # the checkpoint's "state_dict"
         optimiser.load_state_dict(resume["optimiser"])  # its "optimizer_states"
@@ -68,12 +97,15 @@ def fit(
         loader.load_state_dict(resume["loader"])  # the fit loop hands a stateful DataLoader its state
         set_rng_state(resume["rng"])  # LightningModule.on_load_checkpoint (module.py)
         start_epoch, step = resume["epoch"], resume["step"]  # the fit loop's progress
+        mid_epoch = resume["loader"]["batches"] < len(loader)  # stopped by a signal within start_epoch
 
     # --- loop ---
     for epoch in trange(max_epochs, desc="fit", unit="epoch", disable=not progress_bar):  # Trainer(max_epochs=...)
         if epoch < start_epoch:  # resuming: the fit loop starts at the checkpoint's epoch
             continue
-        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)  # LearningRateMonitor
+        if not mid_epoch:  # the interrupted run logged it; resuming mid-epoch, Lightning skips on_train_epoch_start
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)  # LearningRateMonitor
+        mid_epoch = False
         model.train()  # the Trainer restores it after each validation (on_validation_model_train)
         for X_batch, y_batch in loader:
             X_batch, y_batch = X_batch.to(device), y_batch.to(device)  # transfer_batch_to_device
@@ -88,6 +120,10 @@ def fit(
                 raise NonFiniteLossError("train/loss", loss.item(), step, epoch)
             writer.add_scalar("train/loss", loss.item(), step)  # training_step: self.log("train/loss", loss)
             step += 1
+            if stop is not None and stop.signal and loader.batches < len(loader):  # GracefulStop, on_train_batch_end
+                if checkpoint is not None:
+                    save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
+                raise StoppedBySignal(stop.signal, step, epoch)
         scheduler.step()  # lr_scheduler_step (interval "epoch")
 
         model.eval()  # the Trainer, before validation
@@ -108,22 +144,7 @@ def fit(
         val_loss.reset()  # the Trainer, at the end of each validation epoch
         val_acc.reset()  # the Trainer, at the end of each validation epoch
         if checkpoint is not None:  # ModelCheckpoint(save_last=True), on_train_epoch_end
-            atomic_save(  # through AtomicCheckpointIO (checkpoints.py)
-                {
-                    "epoch": epoch + 1,  # "epoch", "loops": where the fit loop goes on
-                    "step": step,  # "global_step"
-                    "model": model.state_dict(),  # "state_dict"
-                    "optimiser": optimiser.state_dict(),  # "optimizer_states"
-                    "scheduler": scheduler.state_dict(),  # "lr_schedulers"
-                    "data": data.state_dict(),  # LightningDataModule.state_dict
-                    "loader": loader.state_dict(),  # the fit loop's "combined_loader"
-                    "rng": rng_state(),  # LightningModule.on_save_checkpoint (module.py)
-                    "hparams": {  # "hyper_parameters", "datamodule_hyper_parameters"
-                        "model": {"hidden": hidden, "dropout": dropout, "lr": lr, "classes": classes},
-                        "data": dict(data.hparams),
-                    },
-                },
-                checkpoint,
-            )
-            writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to its checkpoint
+            save(epoch + 1)
+        if stop is not None and stop.signal:  # GracefulStop, on_train_epoch_end
+            raise StoppedBySignal(stop.signal, step, epoch)
     return model, optimiser, scheduler
