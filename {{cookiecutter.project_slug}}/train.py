@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
+from lightning import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
@@ -97,6 +99,14 @@ class CLI(LightningCLI):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             print(f"error: trainer.max_epochs must be a positive integer, got {max_epochs!r}", file=sys.stderr)
             sys.exit(2)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        if trainer.enable_progress_bar is False:
+            # The Trainer refuses enable_progress_bar=False beside a progress bar in callbacks (default.yaml has one).
+            callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
+            kwargs.setdefault("callbacks", [c for c in callbacks if c and not isinstance(c, ProgressBar)])
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(args: list[str] | None = None) -> CLI:

@@ -2,13 +2,14 @@
 
     python benchmarks/lightning_vs_torch.py                       # configs/default.yaml, 3 runs of each, 1 thread
     python benchmarks/lightning_vs_torch.py --runs 5 --epochs 20 --threads 2
+    python benchmarks/lightning_vs_torch.py --threads torch        # as many threads as torch itself would take
     python benchmarks/lightning_vs_torch.py -- --data.points_per_class=100000 --data.batch_size=4096
 
 Both entry points run exactly as a user types them, with the config they read by default, in alternation
 (Lightning, plain, Lightning, plain, ...) so that a change in the machine's load hits both alike. Flags after `--`
 go to both. Each run writes its logs to a temporary directory, so logs/ stays as it was. The threads torch may use
 are set for both through OMP_NUM_THREADS: 1 unless --threads says otherwise, which is also what both entry points
-use when it is unset.
+use when it is unset; `--threads torch` sets it to the number torch picks by itself when it is unset.
 
 Training time is read from the TensorBoard event files both runs write: from the first train/loss event (after
 step 0) to the last event (the last epoch's validation metrics and animation frame). It is the training loop
@@ -64,6 +65,17 @@ def child_env(threads: int | None) -> dict[str, str]:
     else:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def torch_default_threads() -> int:
+    """The threads torch takes when OMP_NUM_THREADS is unset and nothing calls torch.set_num_threads."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    command = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+    return int(subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout)
+
+
+def threads_flag(value: str) -> int | str:
+    return value if value == "torch" else int(value)
 
 
 def read_events(run_dir: Path) -> tuple[list[float], dict[str, list[tuple[int, float, float]]]]:
@@ -173,15 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs for both (default: the config's)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=threads_flag,
         default=DEFAULT_THREADS,
-        help=f"OMP_NUM_THREADS for both (default: {DEFAULT_THREADS}); 0 leaves it unset, to the entry points' default",
+        help=f"OMP_NUM_THREADS for both (default: {DEFAULT_THREADS}); 0 leaves it unset, to the entry points' default;"
+        " `torch`: torch's own default",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary logs and print where they are")
     args = parser.parse_args(argv)
     if args.runs < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--runs and --epochs must be positive")
-    threads = args.threads or None
+    threads = torch_default_threads() if args.threads == "torch" else args.threads or None
     if args.epochs is not None:
         flags = [f"--trainer.max_epochs={args.epochs}", *flags]
 
@@ -190,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"torch {version('torch')}, lightning {version('lightning')}, {device}, {os.cpu_count()} CPUs, "
-        f"threads: {f'OMP_NUM_THREADS={threads}' if threads else 'OMP_NUM_THREADS unset (entry point default)'}, "
+        f"threads: {f'OMP_NUM_THREADS={threads}' if threads else 'OMP_NUM_THREADS unset (entry point default)'}"
+        f"{' (torch default)' if args.threads == 'torch' else ''}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     print(f"config: configs/default.yaml {' '.join(flags)}".rstrip())

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from lightning import Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 import train
 import train_torch
@@ -259,3 +260,34 @@ def test_the_good_values_next_to_the_bad_ones_reach_training(entry, no_training)
     """The negative control: the values above fail because of what they are, not because of how they are given."""
     with pytest.raises(Started):
         MAINS[entry]([*TINY, *GOOD_VALUES])
+
+
+# --- the progress bar: default.yaml's refreshes every 10 steps; --trainer.enable_progress_bar false removes it ---
+
+
+def test_fit_with_enable_progress_bar_false_runs_without_a_bar(tmp_path):
+    """The Trainer refuses enable_progress_bar=False beside default.yaml's TQDMProgressBar unless train.py drops it."""
+    flags = [flag for flag in TINY if flag not in QUIET]
+    result = succeeded(run("train.py", "fit", *flags, "--trainer.enable_progress_bar", "false", cwd=tmp_path))
+    assert "Epoch 0" not in result.stderr
+    assert (tmp_path / "logs" / "lightning" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("flags, refresh_rate", [([], 10), (["--trainer.enable_progress_bar", "false"], None)])
+def test_the_default_progress_bar_refreshes_every_10_steps(flags, refresh_rate, tmp_path, monkeypatch):
+    trainers = []
+
+    def start(self, *args, **kwargs):
+        trainers.append(self)
+        raise Started
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "fit", start)
+    with pytest.raises(Started):
+        train.main(["fit", *flags])  # configs/default.yaml alone
+    [trainer] = trainers
+    bars = [callback for callback in trainer.callbacks if isinstance(callback, TQDMProgressBar)]
+    if refresh_rate is None:
+        assert trainer.progress_bar_callback is None and bars == []
+    else:
+        assert bars == [trainer.progress_bar_callback] and trainer.progress_bar_callback.refresh_rate == refresh_rate
