@@ -119,6 +119,9 @@ def main(args: list[str] | None = None) -> CLI:
         )
     except (DataError, CheckpointError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    finally:
+        if torch.distributed.is_initialized():  # under DDP: left to the exit, its threads may abort the process
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

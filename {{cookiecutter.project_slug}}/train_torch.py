@@ -4,6 +4,7 @@
     python train_torch.py --trainer.max_epochs 5 --model.lr 3e-3
     python train_torch.py --config configs/smoke.yaml
     python train_torch.py --ckpt_path last                  # the newest logs/torch/version_*/checkpoints/last.pt
+    torchrun --standalone --nproc_per_node 2 train_torch.py # DDP in two processes, as train.py's --trainer.strategy ddp
 
 It reads the keys train.py reads (seed_everything, model.*, data.*, trainer.*) and refuses a trainer
 setting that would change what Lightning computes but the plain loop does not implement.
@@ -13,11 +14,17 @@ run would have gone on, in the run's own log directory; the model's and the data
 are taken from the checkpoint, and a flag that contradicts them is refused by name. Ctrl-C or SIGTERM finishes the
 batch, writes last.pt of exactly that point (mid-epoch too), says how to resume and exits with 130 or 143; a second
 Ctrl-C stops at once. A NaN or infinite loss stops the run, naming the step, and leaves the checkpoint as it was.
+
+Launched by torchrun, each process joins a process group (gloo, or nccl on GPUs) and trains on its share of the data
+(loop.py); rank 0 alone logs, draws the animation and writes checkpoints, at the end of each epoch. A signal then
+stops the processes at once: the run goes on from the last epoch's checkpoint.
 """
 
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -99,6 +106,31 @@ def device_for(accelerator: str) -> torch.device:
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
+@contextmanager
+def process_group(accelerator: str) -> Iterator[torch.device]:
+    """The device this process trains on; launched by torchrun, in a process group with the others, as
+    Trainer(strategy="ddp") sets up."""
+    device = device_for(accelerator)
+    if "LOCAL_RANK" not in os.environ:  # not launched by torchrun
+        yield device
+        return
+    if device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+class NoWriter:
+    """What the other processes of a DDP run log to: nothing, as Lightning's loggers log from rank 0 alone."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def next_version(root: Path) -> Path:
     """root/version_N with N one past the highest, as Lightning's TensorBoardLogger numbers its runs."""
     versions = [int(p.name[len("version_") :]) for p in root.glob("version_*") if p.name[len("version_") :].isdigit()]
@@ -130,17 +162,24 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         data.setup("fit")  # fails on a bad data file before anything is written
     except (DataError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    log_dir.mkdir(parents=True, exist_ok=resume is not None)
-    if not (log_dir / "config.yaml").exists():  # a resumed run keeps the config.yaml it started with
-        parser.save(config, log_dir / "config.yaml")
+    # The only process, or torchrun's rank 0: it alone logs and writes checkpoints, as Lightning's loggers
+    # (rank_zero_only) and Trainer.save_checkpoint (strategy.is_global_zero) do.
+    lead = int(os.environ.get("RANK", 0)) == 0
+    if lead:
+        log_dir.mkdir(parents=True, exist_ok=resume is not None)
+        if not (log_dir / "config.yaml").exists():  # a resumed run keeps the config.yaml it started with
+            parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
+    stop = None if "LOCAL_RANK" in os.environ else StopRequest()  # under torchrun, a signal stops every process
+    previous = stop.listen() if stop is not None else {}
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-    stop = StopRequest()
-    previous = stop.listen()
+    if stop is None:  # torchrun's processes
+        command = f"the same torchrun command with --ckpt_path {checkpoint}"
     try:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
-        with SummaryWriter(log_dir, purge_step=resume and resume["step"]) as writer:
+        writing = SummaryWriter(log_dir, purge_step=resume and resume["step"]) if lead else nullcontext(NoWriter())
+        with process_group(config.trainer.accelerator) as device, writing as writer:
             trained = fit(
                 data,
                 seed=config.seed_everything,
@@ -150,14 +189,14 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
                 max_epochs=config.trainer.max_epochs,
                 gradient_clip_val=config.trainer.gradient_clip_val,
                 writer=writer,
-                device=device_for(config.trainer.accelerator),
-                progress_bar=config.trainer.enable_progress_bar is not False,
-                boundary=boundary,
-                checkpoint=checkpoint,
+                device=device,
+                progress_bar=lead and config.trainer.enable_progress_bar is not False,
+                boundary=boundary if lead else None,
+                checkpoint=checkpoint if lead else None,
                 resume=resume,
                 stop=stop,
             )
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, CheckpointError) as error:  # CheckpointError: a mid-epoch checkpoint under torchrun
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
         print(
@@ -166,16 +205,18 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
             file=sys.stderr,
         )
         sys.exit(128 + stopped.signal)
-    except KeyboardInterrupt:  # a second Ctrl-C
+    except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C under torchrun
         said = f"resume from the last checkpoint with: {command}" if checkpoint.exists() else "no checkpoint yet"
-        print(f"SIGINT: stopped at once; {said}", file=sys.stderr)
+        if lead:
+            print(f"SIGINT: stopped at once; {said}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if boundary.save(log_dir / "decision_boundary.gif"):
         print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
-    print(f"logs: {log_dir}")
+    if lead:
+        print(f"logs: {log_dir}")
     return trained
 
 

@@ -127,6 +127,8 @@ class DecisionBoundary(BoundaryAnimation, L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not self.wants(trainer.current_epoch):
             return
+        if not trainer.is_global_zero:  # under DDP, rank 0 draws the animation alone
+            return
         X, y = trainer.datamodule.val_set.tensors
         val_acc = trainer.callback_metrics["val/acc"].item()
         image = self.frame(pl_module.model, X, y, trainer.current_epoch, val_acc)
@@ -135,5 +137,6 @@ class DecisionBoundary(BoundaryAnimation, L.Callback):
             trainer.logger.experiment.add_image(TAG, image, trainer.global_step - 1, dataformats="HWC")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.save(Path(trainer.log_dir) / "decision_boundary.gif"):
-            print(f"decision boundary: {Path(trainer.log_dir) / 'decision_boundary.gif'}")
+        path = Path(trainer.log_dir) / "decision_boundary.gif"  # under DDP, every process asks rank 0 for log_dir
+        if trainer.is_global_zero and self.save(path):
+            print(f"decision boundary: {path}")

@@ -108,6 +108,8 @@ class StopRequest:
     batch; a second Ctrl-C raises KeyboardInterrupt at once.
     """
 
+    when = "after this batch"  # when the loop stops, for the message
+
     def __init__(self):
         self.signal: signal.Signals | None = None
         self.pid = os.getpid()  # the process that trains
@@ -125,7 +127,7 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum)
-        print(f"\n{self.signal.name}: stopping after this batch (Ctrl-C again: at once)", file=sys.stderr)
+        print(f"\n{self.signal.name}: stopping {self.when} (Ctrl-C again: at once)", file=sys.stderr)
 
 
 class StoppedBySignal(Exception):
@@ -145,7 +147,7 @@ class GracefulStop(StopRequest, L.Callback):
     Lightning raise its SIGTERMException at a point its loops resume from, and writes last.ckpt: at the end of an
     epoch where ModelCheckpoint would, mid-epoch when the exception arrives, after the batch is logged. The process
     exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM. A second Ctrl-C stops at once, without a
-    checkpoint.
+    checkpoint. Under DDP every process stops at the end of the epoch in which any of them got the signal.
 
     A SIGKILL cannot be caught; the run then goes on from its last checkpoint. So that the logged curve has no gap
     up to it, the loggers are flushed with every checkpoint (TensorBoard's writer holds events for up to 2 minutes).
@@ -159,14 +161,19 @@ class GracefulStop(StopRequest, L.Callback):
         # Here, not earlier: the Trainer installs its own SIGTERM handler just before training starts.
         self.signal = signal.SIGTERM if trainer.received_sigterm else None  # one that came in between
         self.saved = None
+        self.when = "at the end of this epoch" if trainer.world_size > 1 else "after this batch"
         self.listen()  # the Trainer restores the previous handlers when it ends
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        # Not on the epoch's last batch: the scheduler's epoch step and the validation belong to it.
-        if self.signal is not None and batch_idx + 1 < trainer.num_training_batches:
+        # Not on the epoch's last batch: the scheduler's epoch step and the validation belong to it. Not under DDP:
+        # its DistributedSampler cannot go on mid-epoch, and the processes must stop at the same batch.
+        if self.signal is not None and batch_idx + 1 < trainer.num_training_batches and trainer.world_size == 1:
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:  # DDP: every process stops when one of them was asked to
+            if trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
+                self.signal = self.signal or signal.SIGTERM
         if self.signal is not None:
             self._save(trainer)
             self._stop(trainer)

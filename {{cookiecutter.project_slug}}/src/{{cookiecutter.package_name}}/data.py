@@ -17,7 +17,9 @@ import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
+
+from {{ cookiecutter.package_name }}.checkpoints import CheckpointError
 
 
 class DataError(ValueError):
@@ -125,7 +127,7 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        order = getattr(self.sampler, "order", [])  # Lightning wraps the sampler for DDP: no order to save
+        order = getattr(self.sampler, "order", [])  # DDP's DistributedSampler: seed and epoch decide the order
         return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -135,8 +137,33 @@ class ResumableLoader(DataLoader):
         self._resume_at = batches if batches < len(self) else 0
         if self._resume_at:
             if not isinstance(self.sampler, EpochShuffle):
-                raise RuntimeError(f"going on mid-epoch needs the EpochShuffle sampler, not {self.sampler}")
+                # Under DDP: a DistributedSampler has no order to replay (a checkpoint from one process, mid-epoch).
+                raise CheckpointError(
+                    f"the checkpoint stopped {batches} batches into an epoch; only a run in one process can go on from "
+                    "there (under DDP, checkpoints are written at the ends of epochs)"
+                )
             self.sampler.replay(state_dict["order"].tolist(), start=batches * self.batch_size)
+
+
+def distributed() -> bool:
+    """Whether this process is one of several that train together (DDP: `torchrun`, Trainer(strategy="ddp"))."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
+    """`loader` made anew with `sampler`, everything else kept: what Lightning does to inject a DistributedSampler."""
+    return type(loader)(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        collate_fn=loader.collate_fn,
+        sampler=sampler,
+        generator=loader.generator,
+        num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers,
+        pin_memory=loader.pin_memory,
+    )
 
 
 def ignore_interrupts(worker_id: int) -> None:
@@ -228,7 +255,13 @@ class SpiralDataModule(L.LightningDataModule):
         self.all_points = TensorDataset(X, y)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffle(len(self.train_set), self.generator)
+        if distributed():
+            # Under DDP, Lightning re-creates the training DataLoader with a DistributedSampler in place of this
+            # RandomSampler (Trainer(use_distributed_sampler=True)), shuffled with seed_everything + epoch; loop.py
+            # does the same. EpochShuffle would be wrapped, not replaced.
+            sampler = RandomSampler(self.train_set, generator=self.generator)
+        else:
+            sampler = EpochShuffle(len(self.train_set), self.generator)
         loader = self._loader(self.train_set, self.hparams.batch_size, sampler)
         loader.resumed, self.resumed = self.resumed, False
         return loader
@@ -244,7 +277,7 @@ class SpiralDataModule(L.LightningDataModule):
         points = self.all_points if self.hparams.path else self.test_set
         return self._loader(points, self.hparams.val_batch_size or len(points))
 
-    def _loader(self, dataset: TensorDataset, batch_size: int, sampler: EpochShuffle | None = None) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         hp = self.hparams
         return (DataLoader if sampler is None else ResumableLoader)(
             TensorBatches(*dataset.tensors),

@@ -43,6 +43,23 @@ ROWS = (
         ("scheduler.step", "configure_optimizers"),
     ),
     Row(
+        "torch.manual_seed(seed)",
+        'the second one, under DDP: `Trainer(strategy="ddp")` calls `reset_seed()` as each process joins the '
+        "process group",
+        "left out, dropout draws other masks than under Lightning's DDP",
+    ),
+    Row(
+        "train_model = DistributedDataParallel(model)",
+        '`Trainer(strategy="ddp")` wraps the LightningModule',
+        "left out, each process steps with its own gradients and the copies of the model drift apart",
+    ),
+    Row(
+        "loader = with_sampler(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))",
+        "`Trainer(use_distributed_sampler=True)` under DDP: the DataLoader made anew with a `DistributedSampler` "
+        "seeded with `seed_everything`",
+        "left out, every process trains on all the points: an epoch does one process's work once per process",
+    ),
+    Row(
         'model.load_state_dict(resume["model"])',
         "`Trainer.fit(ckpt_path=...)`, before training starts",
         "-",
@@ -66,6 +83,11 @@ ROWS = (
     Row("for epoch in trange(max_epochs, ...)", "`Trainer(max_epochs=...)`", "-"),
     Row("if epoch < start_epoch:", "the fit loop starts at the checkpoint's epoch", "-"),
     Row(
+        "loader.sampler.set_epoch(epoch)",
+        "the fit loop, at the start of each epoch",
+        "left out, a `DistributedSampler` shuffles every epoch in the same order",
+    ),
+    Row(
         "model.train()",
         "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
         "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
@@ -77,7 +99,7 @@ ROWS = (
         "left out, gradients pile up over batches; between `backward` and `step`, it wipes this batch's gradients",
         ("zero_grad", "optimizer_zero_grad"),
     ),
-    Row("logits = model(X_batch)", "`training_step`", "-", (TRAIN_FORWARD, "training_step")),
+    Row("logits = train_model(X_batch)", "`training_step`", "-", (TRAIN_FORWARD, "training_step")),
     Row("loss.backward()", "`backward`", "-", ("backward", "backward")),
     Row(
         "torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)",

@@ -4,6 +4,8 @@
 
     python train_torch.py --ckpt_path last  # goes on with the newest logs/torch/version_N/checkpoints/last.pt
 
+    torchrun --standalone --nproc_per_node 2 train_torch.py   # DDP: two processes, as Trainer(strategy="ddp")
+
 The comment on each line names the Lightning hook or Trainer argument that does its work.
 """
 
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import trange
@@ -24,7 +28,7 @@ from {{ cookiecutter.package_name }}.checkpoints import (
     rng_state,
     set_rng_state,
 )
-from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.data import SpiralDataModule, distributed, with_sampler
 from {{ cookiecutter.package_name }}.model import MLP
 
 
@@ -67,6 +71,15 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)  # configure_optimizers
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)  # configure_optimizers
 
+    # --- DDP: one of several processes, launched by torchrun (train_torch.py) ---
+    train_model = model  # what training_step runs: the model, under DDP its wrapper
+    if distributed():  # Trainer(strategy="ddp")
+        torch.manual_seed(seed)  # setup_distributed: reset_seed() seeds each process again, after the model is made
+        train_model = DistributedDataParallel(model)  # wraps the LightningModule: backward averages the gradients
+        # use_distributed_sampler=True: both DataLoaders made anew, each process with its share of the points
+        loader = with_sampler(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))
+        val_loader = with_sampler(val_loader, DistributedSampler(val_loader.dataset, shuffle=False, seed=seed))
+
     def save(epoch_to_go_on_in: int) -> None:  # ModelCheckpoint / GracefulStop -> Trainer.save_checkpoint
         atomic_save(  # through AtomicCheckpointIO (checkpoints.py)
             {
@@ -103,6 +116,8 @@ def fit(
     for epoch in trange(max_epochs, desc="fit", unit="epoch", disable=not progress_bar):  # Trainer(max_epochs=...)
         if epoch < start_epoch:  # resuming: the fit loop starts at the checkpoint's epoch
             continue
+        if isinstance(loader.sampler, DistributedSampler):  # the fit loop, at each epoch's start
+            loader.sampler.set_epoch(epoch)
         if not mid_epoch:  # the interrupted run logged it; resuming mid-epoch, Lightning skips on_train_epoch_start
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)  # LearningRateMonitor
         mid_epoch = False
@@ -110,7 +125,7 @@ def fit(
         for X_batch, y_batch in loader:
             X_batch, y_batch = X_batch.to(device), y_batch.to(device)  # transfer_batch_to_device
             optimiser.zero_grad()  # optimizer_zero_grad
-            logits = model(X_batch)  # training_step
+            logits = train_model(X_batch)  # training_step
             loss = criterion(logits, y_batch)  # training_step
             loss.backward()  # backward
             if gradient_clip_val is not None:

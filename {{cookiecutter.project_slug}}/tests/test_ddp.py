@@ -1,0 +1,128 @@
+"""DDP: Lightning's `--trainer.strategy ddp` and the plain loop under `torchrun` compute the same run.
+
+Two CPU processes each (gloo), launched as a user launches them, on the same flags. Rank 0's TensorBoard series
+are equal value for value, and the final checkpoints hold torch.equal weights, optimizer and scheduler state.
+Dropout is on, so the processes' random numbers must line up too.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from conftest import QUIET, ROOT, differences, event_scalars
+
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+COMMANDS = {
+    "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, "--trainer.enable_model_summary=false"],
+    "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
+}
+CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt"}
+# 180 training points: 90 a process, batches of 32, 32, 26; 60 validation points: 30 a process, batches 25, 5,
+# whose metrics torchmetrics reduces over both processes.
+ARGS = [
+    *QUIET,
+    "--trainer.max_epochs=4",
+    "--data.points_per_class=100",
+    "--data.batch_size=32",
+    "--data.val_batch_size=25",
+    "--model.dropout=0.3",
+    "--boundary.every_n_epochs=2",
+]
+# For the Ctrl-C test: 900 points a process, 15 steps an epoch, 20 epochs: seconds to stop it in.
+LONGER = [*QUIET, "--trainer.max_epochs=20", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
+TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def launch(side: str, args: list[str], cwd: Path) -> Path:
+    """Run one side to the end in `cwd`; its run directory."""
+    cwd.mkdir(exist_ok=True)
+    done = subprocess.run([*COMMANDS[side], *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [directory] = (cwd / "logs" / side).iterdir()  # rank 0 alone made one
+    return directory
+
+
+def final(side: str, directory: Path) -> dict:
+    """The final weights, optimizer and scheduler state, named alike for both sides."""
+    checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
+    if side == "torch":
+        return {key: checkpoint[key] for key in ("model", "optimiser", "scheduler")}
+    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
+    optimiser, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
+    return {"model": weights, "optimiser": optimiser, "scheduler": scheduler}
+
+
+def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path):
+    lightning, plain = (launch(side, ARGS, tmp_path) for side in ("lightning", "torch"))
+    for directory in (lightning, plain):
+        assert len(list(directory.glob("events.out.tfevents.*"))) == 1  # rank 0 alone logs
+        with Image.open(directory / "decision_boundary.gif") as gif:
+            assert gif.n_frames == 2
+
+    lightning_scalars, plain_scalars = event_scalars(lightning), event_scalars(plain)
+    assert set(plain_scalars) == TAGS
+    assert len(plain_scalars["train/loss"]) == 4 * 3  # each process trained on its half: 3 steps an epoch
+    assert [tag for tag in TAGS if lightning_scalars[tag] != plain_scalars[tag]] == []
+    assert differences(final("lightning", lightning), final("torch", plain)) == []
+
+    # The control: one process on all the data is another run, so the equality above is DDP's.
+    single = subprocess.run([sys.executable, str(ROOT / "train_torch.py"), *ARGS], cwd=tmp_path, env=ENV)
+    assert single.returncode == 0
+    single_scalars = event_scalars(tmp_path / "logs" / "torch" / "version_1")
+    assert single_scalars["train/loss"][:3] != plain_scalars["train/loss"][:3]
+
+
+def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
+    """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically."""
+    for side in ("lightning", "torch"):
+        expected = launch(side, LONGER, tmp_path / "reference")
+        cwd = tmp_path / "interrupted"
+        cwd.mkdir(exist_ok=True)
+        command = [*COMMANDS[side], *LONGER]
+        process = subprocess.Popen(command, cwd=cwd, env=ENV, stderr=subprocess.PIPE, start_new_session=True)
+        checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, 0.5))
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode != 0, f"{side} finished before Ctrl-C"
+        if side == "lightning":  # Lightning's processes agree to stop at the end of the epoch and save it
+            assert process.returncode == 130, stderr.decode()[-3000:]
+            assert stderr.decode().strip().splitlines()[-1].startswith("SIGINT: saved ")
+        step = torch.load(checkpoint, weights_only=True)["global_step" if side == "lightning" else "step"]
+        assert step % 15 == 0  # the end of an epoch
+
+        resumed = launch(side, [*LONGER, "--ckpt_path=last"], cwd)
+        assert differences(final(side, resumed), final(side, expected)) == []
+        scalars, expected_scalars = event_scalars(resumed), event_scalars(expected)
+        assert [tag for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]] == []
+
+
+def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_line(tmp_path):
+    """A run in one process can stop mid-epoch; a DistributedSampler cannot go on from there. Each process says so
+    in one line and exits with 1; torchrun then reports the failed processes its own way."""
+    args = [*QUIET, "--trainer.max_epochs=1", "--data.points_per_class=100", "--boundary.every_n_epochs=0"]
+    checkpoint = launch("torch", args, tmp_path) / "checkpoints" / "last.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["loader"]["batches"] = 1  # as a Ctrl-C after the first batch leaves it
+    torch.save(saved, checkpoint)
+    done = subprocess.run(
+        [*COMMANDS["torch"], *args, f"--ckpt_path={checkpoint}"], cwd=tmp_path, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert said and said[0].startswith(
+        "error: the checkpoint stopped 1 batches into an epoch; only a run in one process"
+    )
+    assert f'File "{ROOT}' not in done.stderr  # no traceback through the project's code (torchrun adds its own)
