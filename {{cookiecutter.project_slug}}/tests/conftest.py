@@ -6,8 +6,11 @@ The equivalence tests run both loops under the same setting.
 """
 
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +34,20 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a project script as a user would, in `cwd`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # the package, installed or not
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def ctrl_c(command: list[str], cwd: Path, checkpoint: Path) -> tuple[int, str]:
+    """Start `command` as a terminal would and press Ctrl-C at a random moment after `checkpoint` first appears: a
+    terminal sends SIGINT to every process of the job. The exit code and what it wrote to stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.5))
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr.decode()
 
 
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

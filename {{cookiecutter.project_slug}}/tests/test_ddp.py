@@ -6,20 +6,18 @@ Dropout is on, so the processes' random numbers must line up too.
 """
 
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from conftest import QUIET, ROOT, differences, event_scalars
+from conftest import QUIET, ROOT, ctrl_c, differences, event_scalars
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+# `torchrun` is torch.distributed.run's console script; the module runs where the script is not installed.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 COMMANDS = {
     "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, "--trainer.enable_model_summary=false"],
     "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
@@ -87,19 +85,12 @@ def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
         expected = launch(side, LONGER, tmp_path / "reference")
         cwd = tmp_path / "interrupted"
         cwd.mkdir(exist_ok=True)
-        command = [*COMMANDS[side], *LONGER]
-        process = subprocess.Popen(command, cwd=cwd, env=ENV, stderr=subprocess.PIPE, start_new_session=True)
         checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(random.uniform(0, 0.5))
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode != 0, f"{side} finished before Ctrl-C"
+        code, stderr = ctrl_c([*COMMANDS[side], *LONGER], cwd, checkpoint)
+        assert code != 0, f"{side} finished before Ctrl-C"
         if side == "lightning":  # Lightning's processes agree to stop at the end of the epoch and save it
-            assert process.returncode == 130, stderr.decode()[-3000:]
-            assert stderr.decode().strip().splitlines()[-1].startswith("SIGINT: saved ")
+            assert code == 130, stderr[-3000:]
+            assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved ")
         step = torch.load(checkpoint, weights_only=True)["global_step" if side == "lightning" else "step"]
         assert step % 15 == 0  # the end of an epoch
 

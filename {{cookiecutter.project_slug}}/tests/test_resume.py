@@ -22,7 +22,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import train
 import train_torch
 
-from conftest import QUIET, ROOT, differences, event_scalars
+from conftest import QUIET, ROOT, ctrl_c, differences, event_scalars
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
@@ -249,18 +249,12 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(script, side, ch
 def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cleanly(tmp_path, reference):
     """A terminal sends Ctrl-C to its whole process group: the DataLoader's worker processes get it too."""
     expected = reference("lightning", [*LONGER, *WORKERS])
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, str(ROOT / "train.py"), "fit", *LIGHTNING, *LONGER, *WORKERS]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, start_new_session=True)
     checkpoint = tmp_path / "logs" / "lightning" / "version_0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0, 0.5))
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr.decode()[-3000:]
-    assert stderr.decode().strip().splitlines()[-1].startswith("SIGINT: saved logs/lightning/version_0/checkpoints")
+    code, stderr = ctrl_c(command, tmp_path, checkpoint)
+    assert code == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved logs/lightning/version_0/checkpoints")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     assert mismatches(final(tmp_path, "lightning"), expected) == []
