@@ -137,6 +137,28 @@ def test_state_dict_restores_the_next_epochs_order():
     assert [epoch(resumed), epoch(resumed)] == expected
 
 
+def test_a_loader_goes_on_mid_epoch_only_from_a_checkpoint_taken_mid_epoch():
+    """Whether the epoch was done is saved, not inferred from the count: under DDP an epoch has fewer batches."""
+    data = prepared(points_per_class=100, batch_size=32)  # 180 training points: 6 batches
+    loader = data.train_dataloader()
+    iterator = iter(loader)
+    taken = [next(iterator)[1] for _ in range(2)]
+    state = loader.state_dict()
+    rest = [y for _, y in iterator]
+    assert not state["epoch_done"]
+    mid = prepared(points_per_class=100, batch_size=32).train_dataloader()
+    mid.load_state_dict(state)
+    assert [y.tolist() for _, y in mid] == [y.tolist() for y in rest]  # the same epoch, from its third batch
+    assert len(taken + rest) == len(loader)
+
+    done = loader.state_dict()
+    assert done["epoch_done"] and done["batches"] == 6
+    ddp_like = {**done, "order": torch.tensor([], dtype=torch.int64), "batches": 3}  # a DDP process's whole epoch
+    after = prepared(points_per_class=100, batch_size=32).train_dataloader()
+    after.load_state_dict(ddp_like)
+    assert len(list(after)) == 6  # a whole new epoch, not the rest of one
+
+
 # --- settings that cannot work ---
 
 

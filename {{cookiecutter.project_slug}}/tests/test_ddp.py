@@ -106,7 +106,7 @@ def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_li
     args = [*QUIET, "--trainer.max_epochs=1", "--data.points_per_class=100", "--boundary.every_n_epochs=0"]
     checkpoint = launch("torch", args, tmp_path) / "checkpoints" / "last.pt"
     saved = torch.load(checkpoint, weights_only=True)
-    saved["loader"]["batches"] = 1  # as a Ctrl-C after the first batch leaves it
+    saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it
     torch.save(saved, checkpoint)
     done = subprocess.run(
         [*COMMANDS["torch"], *args, f"--ckpt_path={checkpoint}"], cwd=tmp_path, env=ENV, capture_output=True, text=True

@@ -191,7 +191,7 @@ def test_the_plain_loops_stop_checkpoint_holds_the_position_within_the_epoch(tmp
     monkeypatch.chdir(tmp_path)
     interrupted("torch", TINY, signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
     saved = torch.load("logs/torch/version_0/checkpoints/last.pt", weights_only=True)
-    assert saved["epoch"] == 1 and saved["loader"]["batches"] == 2
+    assert saved["epoch"] == 1 and saved["loader"]["batches"] == 2 and not saved["loader"]["epoch_done"]
     assert sorted(saved["loader"]["order"].tolist()) == list(range(90))
 
 

@@ -128,13 +128,15 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         order = getattr(self.sampler, "order", [])  # DDP's DistributedSampler: seed and epoch decide the order
-        return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches}
+        # Whether the epoch was done, said outright: a run with another number of processes counts other batches.
+        done = self.batches == len(self)
+        return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches, "epoch_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
         self.resumed = True
         batches = int(state_dict["batches"])
-        self._resume_at = batches if batches < len(self) else 0
+        self._resume_at = 0 if state_dict["epoch_done"] else batches
         if self._resume_at:
             if not isinstance(self.sampler, EpochShuffle):
                 # Under DDP: a DistributedSampler has no order to replay (a checkpoint from one process, mid-epoch).

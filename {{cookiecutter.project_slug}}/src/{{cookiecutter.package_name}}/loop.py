@@ -110,7 +110,7 @@ def fit(
         loader.load_state_dict(resume["loader"])  # the fit loop hands a stateful DataLoader its state
         set_rng_state(resume["rng"])  # LightningModule.on_load_checkpoint (module.py)
         start_epoch, step = resume["epoch"], resume["step"]  # the fit loop's progress
-        mid_epoch = resume["loader"]["batches"] < len(loader)  # stopped by a signal within start_epoch
+        mid_epoch = not resume["loader"]["epoch_done"]  # stopped by a signal within start_epoch
 
     # --- loop ---
     for epoch in trange(max_epochs, desc="fit", unit="epoch", disable=not progress_bar):  # Trainer(max_epochs=...)
