@@ -106,12 +106,16 @@ def device_for(accelerator: str) -> torch.device:
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ  # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts
+
+
 @contextmanager
 def process_group(accelerator: str) -> Iterator[torch.device]:
     """The device this process trains on; launched by torchrun, in a process group with the others, as
     Trainer(strategy="ddp") sets up."""
     device = device_for(accelerator)
-    if "LOCAL_RANK" not in os.environ:  # not launched by torchrun
+    if not launched_by_torchrun():
         yield device
         return
     if device.type == "cuda":  # one GPU per process
@@ -171,7 +175,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
             parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
-    stop = None if "LOCAL_RANK" in os.environ else StopRequest()  # under torchrun, a signal stops every process
+    stop = None if launched_by_torchrun() else StopRequest()  # under torchrun, a signal stops every process
     previous = stop.listen() if stop is not None else {}
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
     if stop is None:  # torchrun's processes

@@ -24,23 +24,31 @@ sys.path.insert(0, str(ROOT))  # train.py and train_torch.py
 
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
+# What a project script runs with in a subprocess: the package importable, installed or not.
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 # Flags both entry points take to run quietly; tests add their own log directory.
 QUIET = ["--trainer.enable_progress_bar=false"]
 SMALL = ["--trainer.max_epochs=3", "--data.points_per_class=200"]
+# 90 training points in batches of 32: 3 steps an epoch, 12 in all.
+TINY = [
+    *QUIET,
+    "--trainer.max_epochs=4",
+    "--data.points_per_class=50",
+    "--data.batch_size=32",
+    "--boundary.every_n_epochs=0",
+]
 
 
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a project script as a user would, in `cwd`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # the package, installed or not
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=ENV, capture_output=True, text=True)
 
 
 def ctrl_c(command: list[str], cwd: Path, checkpoint: Path) -> tuple[int, str]:
     """Start `command` as a terminal would and press Ctrl-C at a random moment after `checkpoint` first appears: a
     terminal sends SIGINT to every process of the job. The exit code and what it wrote to stderr."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(command, cwd=cwd, env=ENV, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

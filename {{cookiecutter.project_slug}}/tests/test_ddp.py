@@ -5,7 +5,6 @@ are equal value for value, and the final checkpoints hold torch.equal weights, o
 Dropout is on, so the processes' random numbers must line up too.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from conftest import QUIET, ROOT, ctrl_c, differences, event_scalars
+from conftest import ENV, QUIET, ROOT, ctrl_c, differences, event_scalars
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 # `torchrun` is torch.distributed.run's console script; the module runs where the script is not installed.
@@ -37,7 +36,6 @@ ARGS = [
 # For the Ctrl-C test: 900 points a process, 15 steps an epoch, 20 epochs: seconds to stop it in.
 LONGER = [*QUIET, "--trainer.max_epochs=20", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
 TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def launch(side: str, args: list[str], cwd: Path) -> Path:

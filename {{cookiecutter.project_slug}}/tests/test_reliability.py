@@ -20,19 +20,11 @@ import train_torch
 from {{ cookiecutter.package_name }}.checkpoints import AtomicCheckpointIO, CheckpointError, atomic_save
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import QUIET, run
+from conftest import TINY, run
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
-# 90 training points in batches of 32: 3 steps an epoch, 12 in all.
-TINY = [
-    *QUIET,
-    "--trainer.max_epochs=4",
-    "--data.points_per_class=50",
-    "--data.batch_size=32",
-    "--boundary.every_n_epochs=0",
-]
 MAINS = {
     "train.py fit": lambda args: train.main(["fit", "--trainer.enable_model_summary=false", *args]),
     "train_torch.py": train_torch.main,

@@ -22,20 +22,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import train
 import train_torch
 
-from conftest import QUIET, ROOT, ctrl_c, differences, event_scalars
+from conftest import ENV, QUIET, ROOT, ctrl_c, differences, event_scalars
+from conftest import TINY as TINY_RUN
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
-# 90 training points in batches of 32: 3 steps an epoch, 12 in all.
-TINY = [
-    *QUIET,
-    "--trainer.max_epochs=4",
-    "--data.points_per_class=50",
-    "--data.batch_size=32",
-    "--boundary.every_n_epochs=0",
-    "--model.dropout=0.3",
-]
+# conftest's 4-epoch run, with dropout on.
+TINY = [*TINY_RUN, "--model.dropout=0.3"]
 LIGHTNING = ["--trainer.enable_model_summary=false"]
 # For the kill tests: the default 1800 training points, 29 steps an epoch, 348 in all: seconds to kill in.
 LONGER = [*QUIET, "--trainer.max_epochs=12", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
@@ -206,13 +200,12 @@ def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, ki
     """SIGKILL the run at a random moment after each new checkpoint, `kills` times; resume each time with
     `--ckpt_path last`; then let it finish. Returns what happened, for the assertion messages."""
     rng, history = random.Random(seed), []
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for attempt in range(kills + 1):
         path = next((cwd / "logs").glob(f"*/version_*/checkpoints/{checkpoint}"), None)
         written = newest_write(path) if path else 0
         resume = ["--ckpt_path=last"] if path else []
         command = [sys.executable, str(ROOT / script), *args, *resume]
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if attempt < kills:
             deadline = time.monotonic() + 120
             while process.poll() is None and time.monotonic() < deadline:  # until it writes a checkpoint
@@ -254,7 +247,6 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cl
     code, stderr = ctrl_c(command, tmp_path, checkpoint)
     assert code == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved logs/lightning/version_0/checkpoints")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True)
+    resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=ENV, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     assert mismatches(final(tmp_path, "lightning"), expected) == []
