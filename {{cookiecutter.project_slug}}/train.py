@@ -31,20 +31,23 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
-from {{ cookiecutter.package_name }}.checkpoints import (
-    CheckpointError,
-    NonFiniteLossError,
-    adopt_settings,
-    newest,
-    read_checkpoint,
-    refusal,
-    run_directory,
-)
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
+from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
+from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def checkpoint_settings(saved: dict, fitting: bool, classes: int) -> dict[str, dict]:
+    """The settings a Lightning checkpoint was trained with: the model's, and for a fit also the data's and the
+    schedule's length (data.classes decides model.classes, linked, in every subcommand)."""
+    model = saved["hyper_parameters"]
+    data = saved.get("datamodule_hyper_parameters", {}) if fitting else {}
+    schedule = (saved.get("lr_schedulers") or [{}])[0]
+    trainer = {"max_epochs": schedule["T_max"]} if fitting and "T_max" in schedule else {}
+    return {"model": model, "data": {"classes": model.get("classes", classes), **data}, "trainer": trainer}
 
 
 class CLI(LightningCLI):
@@ -67,25 +70,15 @@ class CLI(LightningCLI):
         logger = config.trainer.logger
         tensorboard = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith("TensorBoardLogger")
         root = Path(logger.init_args.save_dir, logger.init_args.name or "") if tensorboard else Path("logs/lightning")
-        if config.ckpt_path == "last":
-            config.ckpt_path = str(newest(root, "last.ckpt"))
-        path = Path(config.ckpt_path)
-        checkpoint = read_checkpoint(path, ("state_dict", "hyper_parameters"), "a LightningModule (train.py)")
-        defaults = self._parser(subcommand).get_defaults()
-        model = checkpoint["hyper_parameters"]
-        # data.classes decides model.classes (linked); a fit also goes on with the run's data and schedule.
-        data = checkpoint.get("datamodule_hyper_parameters", {}) if subcommand == "fit" else {}
-        data = {"classes": model.get("classes", config.data.classes), **data}
-        schedules = checkpoint.get("lr_schedulers") or [{}]
-        trainer = {"max_epochs": schedules[0]["T_max"]} if subcommand == "fit" and "T_max" in schedules[0] else {}
-        conflicts = adopt_settings(config, defaults, "model", model, ignore=("classes",))
-        conflicts += adopt_settings(config, defaults, "data", data, ignore=("num_workers", "pin_memory"))
-        conflicts += adopt_settings(config, defaults, "trainer", trainer)
-        config.model.classes = config.data.classes
-        run = run_directory(path, root) if tensorboard else None
-        if conflicts:
-            raise refusal(path, conflicts, run)
-        if subcommand == "fit" and run is not None:
+        fitting = subcommand == "fit"
+        checkpoint, run = adopt_checkpoint(
+            config,
+            self._parser(subcommand).get_defaults(),
+            root,
+            ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
+            lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
+        )
+        if fitting and run is not None and tensorboard:
             # Go on in the run's own TensorBoard directory, where the steps after the checkpoint are written anew.
             logger.init_args.version = run.name
             logger.init_args.purge_step = checkpoint["global_step"]
@@ -126,5 +119,5 @@ def main(args: list[str] | None = None) -> CLI:
 
 if __name__ == "__main__":
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: README, "Performance"
+        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: docs/performance.md
     main()

@@ -23,29 +23,27 @@ stops the processes at once: the run goes on from the last epoch's checkpoint.
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
-from {{ cookiecutter.package_name }}.checkpoints import (
-    CheckpointError,
-    NonFiniteLossError,
-    StoppedBySignal,
-    StopRequest,
-    adopt_settings,
-    newest,
-    read_checkpoint,
-    refusal,
-    run_directory,
-)
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
+from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
+from {{ cookiecutter.package_name }}.machinery.plain_run import (
+    DEVICES,
+    NoWriter,
+    PlainRun,
+    launched_by_torchrun,
+    next_version,
+    process_group,
+)
+from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -62,7 +60,6 @@ PLAIN_LOOP_TRAINER = {
     "precision": [None, 32, "32", "32-true"],
     "val_check_interval": [None, 1.0],
 }
-DEVICES = {"auto": None, "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
 
 
 def parse(args: list[str] | None = None):
@@ -97,67 +94,20 @@ def parse(args: list[str] | None = None):
     return parser, config
 
 
-def device_for(accelerator: str) -> torch.device:
-    """The device Trainer(accelerator=...) would pick for one process."""
-    if DEVICES[accelerator]:
-        return torch.device(DEVICES[accelerator])
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-
-
-def launched_by_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ  # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts
-
-
-@contextmanager
-def process_group(accelerator: str) -> Iterator[torch.device]:
-    """The device this process trains on; launched by torchrun, in a process group with the others, as
-    Trainer(strategy="ddp") sets up."""
-    device = device_for(accelerator)
-    if not launched_by_torchrun():
-        yield device
-        return
-    if device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield device
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-class NoWriter:
-    """What the other processes of a DDP run log to: nothing, as Lightning's loggers log from rank 0 alone."""
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
-
-
-def next_version(root: Path) -> Path:
-    """root/version_N with N one past the highest, as Lightning's TensorBoardLogger numbers its runs."""
-    versions = [int(p.name[len("version_") :]) for p in root.glob("version_*") if p.name[len("version_") :].isdigit()]
-    return root / f"version_{max(versions, default=-1) + 1}"
-
-
 def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
     """The checkpoint `--ckpt_path` names and the run directory to go on in; config takes the run's settings."""
-    path = newest(root, "last.pt") if config.ckpt_path == "last" else Path(config.ckpt_path)
-    checkpoint = read_checkpoint(path, ("model", "optimiser", "scheduler", "hparams"), "train_torch.py's loop")
-    defaults, hparams = parser.get_defaults(), checkpoint["hparams"]
-    conflicts = adopt_settings(config, defaults, "model", hparams["model"], ignore=("classes",))
-    conflicts += adopt_settings(config, defaults, "data", hparams["data"], ignore=("num_workers", "pin_memory"))
-    conflicts += adopt_settings(config, defaults, "trainer", {"max_epochs": checkpoint["scheduler"]["T_max"]})
-    config.model.classes = config.data.classes
-    run = run_directory(path, root)
-    if conflicts:
-        raise refusal(path, conflicts, run)
+    checkpoint, run = adopt_checkpoint(
+        config,
+        parser.get_defaults(),
+        root,
+        ("last.pt", ("model", "optimizer", "scheduler", "hparams"), "train_torch.py's loop"),
+        lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
+    )
     return checkpoint, run or next_version(root)
 
 
 def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
-    """Train as configured; return the model, optimiser and scheduler as they end."""
+    """Train as configured; return the model, optimizer and scheduler as they end."""
     parser, config = parse(args)
     root = Path(config.trainer.logger.init_args.save_dir) / "torch"
     try:
@@ -180,19 +130,19 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
     if stop is None:  # torchrun's processes
         command = f"the same torchrun command with --ckpt_path {checkpoint}"
+    hp = Namespace(
+        seed=config.seed_everything,
+        **config.model,
+        max_epochs=config.trainer.max_epochs,
+        gradient_clip_val=config.trainer.gradient_clip_val,
+    )
     try:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
         writing = SummaryWriter(log_dir, purge_step=resume and resume["step"]) if lead else nullcontext(NoWriter())
         with process_group(config.trainer.accelerator) as device, writing as writer:
-            trained = fit(
-                data,
-                seed=config.seed_everything,
-                hidden=config.model.hidden,
-                dropout=config.model.dropout,
-                lr=config.model.lr,
-                max_epochs=config.trainer.max_epochs,
-                gradient_clip_val=config.trainer.gradient_clip_val,
+            run = PlainRun(
                 writer=writer,
+                model_hparams=config.model.as_dict(),
                 device=device,
                 progress_bar=lead and config.trainer.enable_progress_bar is not False,
                 boundary=boundary if lead else None,
@@ -200,6 +150,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
                 resume=resume,
                 stop=stop,
             )
+            trained = fit(data, hp, run)
     except (NonFiniteLossError, CheckpointError) as error:  # CheckpointError: a mid-epoch checkpoint under torchrun
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
@@ -226,5 +177,5 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
 
 if __name__ == "__main__":
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: README, "Performance"
+        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: docs/performance.md
     main()

@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ IMPORTS = {
     "lightning": ("import train", "import lightning"),
     "torch": ("import train_torch", "import torch, torchmetrics, tqdm, torch.utils.tensorboard"),
 }
-DEFAULT_THREADS = 1  # as train.py and train_torch.py when OMP_NUM_THREADS is unset; README, "Performance"
+DEFAULT_THREADS = 1  # as train.py and train_torch.py when OMP_NUM_THREADS is unset; docs/performance.md
 
 
 @dataclass
@@ -115,7 +116,7 @@ def run(side: str, index: int, workdir: Path, threads: int | None, flags: list[s
         sys.exit(f"{run_dir}: fewer than two train/loss events, nothing to time")
     first = min(wall_time for _, _, wall_time in loss)
     last_steps = {step for step, _, _ in scalars.get("val/loss", [])}  # each epoch's last step
-    intervals = [(step, b - a) for (step, _, a), (_, _, b) in zip(loss, loss[1:])]
+    intervals = [(step, b - a) for (step, _, a), (_, _, b) in pairwise(loss)]
     interval = statistics.median([dt for step, dt in intervals if step not in last_steps] or [0.0])
     boundary = statistics.median([dt for step, dt in intervals if step in last_steps] or [interval]) - interval
     losses = {tag: [(step, value) for step, value, _ in scalars.get(tag, [])] for tag in ("train/loss", "val/loss")}
@@ -146,7 +147,7 @@ def summary(values: list[float], digits: int) -> str:
 
 def ratio(a: list[float], b: list[float]) -> float:
     """The median of the pairs' ratios; nan where there is nothing to divide by (one epoch: no epoch boundary)."""
-    ratios = [x / y for x, y in zip(a, b) if y]
+    ratios = [x / y for x, y in zip(a, b, strict=True) if y]
     return statistics.median(ratios) if ratios else math.nan
 
 
@@ -171,7 +172,7 @@ def table(runs: dict[str, list[Run]], imports: dict[str, list[list[float]]], n: 
         lines.append(f"| {name} | {summary(a, digits)} | {summary(b, digits)} | {ratio(a, b):.2f} |")
     names = ["import time, entry point [s] (`import train` / `import train_torch`)"]
     names.append("import time, libraries [s] (`lightning` / torch, torchmetrics, tqdm, tensorboard)")
-    for name, a, b in zip(names, *(zip(*imports[side]) for side in SIDES)):
+    for name, a, b in zip(names, *(zip(*imports[side], strict=True) for side in SIDES), strict=True):
         lines.append(f"| {name} | {summary(a, 2)} | {summary(b, 2)} | {ratio(a, b):.2f} |")
     return "\n".join(lines)
 

@@ -91,5 +91,5 @@ def differences(a, b, path: str = "", skip: frozenset = frozenset()) -> list[str
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{path} length {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]", skip)]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]", skip)]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]

@@ -30,7 +30,9 @@ def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(
     table = [line for line in lines if line.startswith("|")]
     assert "Lightning" in table[0] and "plain" in table[0] and set(table[1]) <= set("|-:")
     names = [row.split("|")[1].strip() for row in table[2:]]
-    assert len(names) == len(ROWS) and all(name.startswith(prefix) for name, prefix in zip(names, ROWS)), names
+    assert len(names) == len(ROWS) and all(name.startswith(prefix) for name, prefix in zip(names, ROWS, strict=True)), (
+        names
+    )
     for row in table[2:]:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", cell) for cell in cells[1:3]), row

@@ -18,7 +18,7 @@ def prepared(**kwargs) -> SpiralDataModule:
 
 def table(X: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float, int]]:
     """The (x1, x2, label) rows of a split or a batch."""
-    return list(zip(*X.T.tolist(), y.tolist()))
+    return list(zip(*X.T.tolist(), y.tolist(), strict=True))
 
 
 def rows(dataset) -> Counter:
@@ -83,7 +83,9 @@ def test_every_split_holds_every_class():
 def test_same_seed_same_data_other_seed_other_data():
     a, b, c = prepared(seed=3), prepared(seed=3), prepared(seed=4)
     for split in ("train_set", "val_set", "test_set"):
-        for ta, tb, tc in zip(getattr(a, split).tensors, getattr(b, split).tensors, getattr(c, split).tensors):
+        for ta, tb, tc in zip(
+            getattr(a, split).tensors, getattr(b, split).tensors, getattr(c, split).tensors, strict=True
+        ):
             assert torch.equal(ta, tb)
             assert not torch.equal(ta, tc)
 
@@ -95,7 +97,7 @@ def test_setup_again_gives_the_same_splits():
     data.prepare_data()
     data.setup("test")
     after = [t for split in (data.train_set, data.val_set, data.test_set) for t in split.tensors]
-    assert all(torch.equal(x, y) for x, y in zip(before, after))
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
 
 
 # --- loaders ---

@@ -51,10 +51,10 @@ def final(side: str, directory: Path) -> dict:
     """The final weights, optimizer and scheduler state, named alike for both sides."""
     checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
     if side == "torch":
-        return {key: checkpoint[key] for key in ("model", "optimiser", "scheduler")}
+        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler")}
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
-    optimiser, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
-    return {"model": weights, "optimiser": optimiser, "scheduler": scheduler}
+    optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
+    return {"model": weights, "optimizer": optimizer, "scheduler": scheduler}
 
 
 def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path):

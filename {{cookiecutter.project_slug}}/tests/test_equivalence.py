@@ -24,7 +24,7 @@ TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 
 
 def train_both(tmp_path: Path, written, *flags: str):
-    """Run both loops on the same flags; return (Lightning CLI, plain (model, optimiser, scheduler))."""
+    """Run both loops on the same flags; return (Lightning CLI, plain (model, optimizer, scheduler))."""
     args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *flags]
     cli = train.main(["fit", *args, "--trainer.enable_model_summary=false"])
     plain = train_torch.main(args)
@@ -32,13 +32,13 @@ def train_both(tmp_path: Path, written, *flags: str):
 
 
 def series(written, side: str, tag: str) -> tuple[list[int], torch.Tensor]:
-    steps, values = zip(*written[side][tag])
+    steps, values = zip(*written[side][tag], strict=True)
     return list(steps), torch.tensor(values, dtype=torch.float64)
 
 
 def mismatches(cli, plain, written) -> list[str]:
     """Everything that differs between the Lightning run and the plain run; [] when they are identical."""
-    model, optimiser, scheduler = plain
+    model, optimizer, scheduler = plain
     found = []
     for tag in TAGS:
         (lightning_steps, lightning_values), (plain_steps, plain_values) = (
@@ -47,7 +47,7 @@ def mismatches(cli, plain, written) -> list[str]:
         if lightning_steps != plain_steps or not torch.equal(lightning_values, plain_values):
             found.append(tag)
     found += differences(cli.model.model.state_dict(), model.state_dict(), "weights")
-    found += differences(cli.trainer.optimizers[0].state_dict(), optimiser.state_dict(), "optimizer")
+    found += differences(cli.trainer.optimizers[0].state_dict(), optimizer.state_dict(), "optimizer")
     found += differences(
         cli.trainer.lr_scheduler_configs[0].scheduler.state_dict(), scheduler.state_dict(), "scheduler"
     )
@@ -81,7 +81,7 @@ def spiral_csv(tmp_path_factory) -> Path:
     """A user's file: a four-armed spiral, with a header."""
     X, y = make_spiral(150, 4, 0.1, torch.Generator().manual_seed(7))
     path = tmp_path_factory.mktemp("data") / "points.csv"
-    rows = [f"{x1!r},{x2!r},{label}" for (x1, x2), label in zip(X.tolist(), y.tolist())]
+    rows = [f"{x1!r},{x2!r},{label}" for (x1, x2), label in zip(X.tolist(), y.tolist(), strict=True)]
     path.write_text("\n".join(["x1,x2,label", *rows]) + "\n")
     return path
 
@@ -132,14 +132,14 @@ def broken_fit(line: str, after: str | None):
 
 
 BREAKAGES = {
-    "scheduler.step() inside the batch loop": ("scheduler.step()", "optimiser.step()", []),
+    "scheduler.step() inside the batch loop": ("scheduler.step()", "optimizer.step()", []),
     # At max_norm 1.0 clipping bites on 17 of the default run's 2900 steps and on none of these small runs.
     "clip_grad_norm_ after step": (
-        "if gradient_clip_val is not None:",
-        "optimiser.step()",
+        "if hp.gradient_clip_val is not None:",
+        "optimizer.step()",
         VARIATIONS["clipping at 0.05"],
     ),
-    "zero_grad between backward and step": ("optimiser.zero_grad()", "loss.backward()", []),
+    "zero_grad between backward and step": ("optimizer.zero_grad()", "loss.backward()", []),
     "model.train() left out, with dropout": ("model.train()", None, ["--model.dropout=0.3"]),
 }
 

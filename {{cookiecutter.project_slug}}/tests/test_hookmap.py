@@ -5,7 +5,9 @@ backward, gradient clipping, optimizer step, scheduler step) the same way on bot
 each event also records the innermost LightningModule hook it ran in.
 """
 
+import ast
 import functools
+import inspect
 from collections import Counter
 from pathlib import Path
 
@@ -16,12 +18,22 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
 import train_torch
-from {{ cookiecutter.package_name }} import loop
-from {{ cookiecutter.package_name }}.hookmap import COMMUTING, ROWS, TRAIN_FORWARD, VAL_FORWARD, markdown
+from {{ cookiecutter.package_name }} import data, loop, module
+from {{ cookiecutter.package_name }}.hookmap import (
+    COMMUTING,
+    LOOP,
+    MACHINERY,
+    ROWS,
+    TRAIN_FORWARD,
+    VAL_FORWARD,
+    markdown,
+    side_by_side,
+)
+from {{ cookiecutter.package_name }}.machinery import plain_run
 from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import QUIET
+from conftest import QUIET, ROOT
 
 # 90 training points: batches of 64 and 26; no animation (its forward runs in a callback, not a module hook).
 TINY = ["--trainer.max_epochs=2", "--data.points_per_class=50", "--boundary.every_n_epochs=0"]
@@ -155,19 +167,46 @@ def test_every_lightning_event_runs_in_the_hook_the_table_names(recorded):
     assert not beyond, f"events in hooks the table does not name: {beyond}"
 
 
-def test_every_row_is_a_line_of_the_plain_loop():
-    source = Path(loop.__file__).read_text()
-    for row in ROWS:
-        assert row.line.removesuffix("...)") in source, row.line
+def statements(function) -> list[str]:
+    """The lines of a function's body that do something: no comments, docstring, blank lines or `return`."""
+    source = inspect.getsource(function)
+    body = ast.parse(source).body[0].body
+    first = body[1].lineno if isinstance(body[0], ast.Expr) else body[0].lineno  # after the docstring
+    lines = [line.split("  #")[0].strip() for line in source.splitlines()[first - 1 :]]
+    return [line for line in lines if line and not line.startswith(("#", "return "))]
+
+
+def test_the_table_holds_every_line_of_the_plain_loop_in_order():
+    assert [row.line for row in LOOP] == statements(loop.fit)
+
+
+def test_the_machinery_rows_are_lines_of_plain_run_in_order():
+    lines = [line.split("  #")[0].strip() for line in Path(plain_run.__file__).read_text().splitlines()]
+    found = [lines.index(row.line) for row in MACHINERY]  # ValueError names a row that is not there
+    assert found == sorted(found)
+
+
+def test_each_lightning_code_line_is_on_the_lightning_side():
+    lightning = "\n".join(
+        path.read_text() for path in (Path(module.__file__), Path(data.__file__), ROOT / "configs" / "default.yaml")
+    )
+    lines = {line.split("  #")[0].strip() for line in lightning.splitlines()}
+    assert [row.code for row in ROWS if row.code and row.code not in lines] == []
 
 
 def test_the_map_is_printable_as_markdown():
     table = markdown()
-    assert all(f"`{row.line}`" in table for row in ROWS)
+    assert all(f"`{row.line}`" in table for row in LOOP if row.essay)
     assert all(why in table for why in COMMUTING.values())
+    page = side_by_side()
+    assert all(f"`{row.line}`" in page for row in ROWS)
 
 
 def test_the_readme_shows_the_table_as_it_is():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     shown = readme.split("<!-- hookmap:")[1].split("-->", 1)[1].split("<!-- /hookmap -->")[0]
     assert shown.strip() == markdown().strip()
+
+
+def test_the_side_by_side_page_is_current():
+    assert (ROOT / "docs" / "side_by_side.md").read_text().strip() == side_by_side().strip()

@@ -9,7 +9,6 @@ A CSV for `path` has one point per line, `x1,x2,label`, labels 0..classes-1; a h
 
 import csv
 import math
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch import Tensor
-from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from {{ cookiecutter.package_name }}.checkpoints import CheckpointError
+from {{ cookiecutter.package_name }}.machinery.loaders import loader
 
 
 class DataError(ValueError):
@@ -66,127 +65,6 @@ def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
     if not points:
         raise DataError(f"{path}: no data rows")
     return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)
-
-
-class EpochShuffle(Sampler[int]):
-    """Like `shuffle=True`, but the epoch's whole order is drawn when the epoch starts.
-
-    torch's RandomSampler draws one more permutation when asked for an index past its last. A plain `for` loop
-    asks (to hear StopIteration) and Lightning, which stops at len(dataloader), does not: when the training set
-    is a multiple of the batch size, the two would shuffle every later epoch differently.
-
-    `replay` makes the next epoch the rest of an interrupted one, without drawing: how a resumed run goes on.
-    """
-
-    def __init__(self, size: int, generator: torch.Generator):
-        self.size, self.generator = size, generator
-        self.order: list[int] = []  # the current epoch's
-        self._replay: tuple[list[int], int] | None = None
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        if self._replay is None:
-            self.order, start = torch.randperm(self.size, generator=self.generator).tolist(), 0
-        else:
-            (self.order, start), self._replay = self._replay, None
-        return iter(self.order[start:])
-
-    def replay(self, order: list[int], start: int) -> None:
-        """Make the next epoch `order` from position `start` on."""
-        self._replay = (order, start)
-
-
-class ResumableLoader(DataLoader):
-    """The training DataLoader, able to stop between two batches and go on from there in a new process.
-
-    Its state is the epoch's order and how many batches it has handed out. Lightning saves it in every checkpoint
-    and, resuming mid-epoch, loads it back before iterating (a "stateful" DataLoader); loop.py does the same.
-    The generator's state, which decides the epochs still to come, is SpiralDataModule's.
-    """
-
-    batches = 0  # handed out in the current epoch
-    resumed = False  # the next iter() goes on with an interrupted run
-    _resume_at = 0  # the batch that iter() starts at
-
-    def __iter__(self):
-        shuffle = self.generator
-        if self.resumed and (self._resume_at or self.persistent_workers):
-            # The interrupted run drew this epoch's worker seed before it saved the generator (mid-epoch), or it
-            # would have reused its persistent workers and drawn none: this iterator draws from a spare one.
-            self.generator = torch.Generator()
-        iterator = super().__iter__()  # a new iterator draws the workers' base seed from self.generator
-        self.generator = shuffle
-        self.batches, self._resume_at, self.resumed = self._resume_at, 0, False
-        return self._count(iterator)
-
-    def _count(self, iterator):
-        for batch in iterator:
-            self.batches += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        order = getattr(self.sampler, "order", [])  # DDP's DistributedSampler: seed and epoch decide the order
-        # Whether the epoch was done, said outright: a run with another number of processes counts other batches.
-        done = self.batches == len(self)
-        return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches, "epoch_done": done}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
-        self.resumed = True
-        batches = int(state_dict["batches"])
-        self._resume_at = 0 if state_dict["epoch_done"] else batches
-        if self._resume_at:
-            if not isinstance(self.sampler, EpochShuffle):
-                # Under DDP: a DistributedSampler has no order to replay (a checkpoint from one process, mid-epoch).
-                raise CheckpointError(
-                    f"the checkpoint stopped {batches} batches into an epoch; only a run in one process can go on from "
-                    "there (under DDP, checkpoints are written at the ends of epochs)"
-                )
-            self.sampler.replay(state_dict["order"].tolist(), start=batches * self.batch_size)
-
-
-def distributed() -> bool:
-    """Whether this process is one of several that train together (DDP: `torchrun`, Trainer(strategy="ddp"))."""
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
-    """`loader` made anew with `sampler`, everything else kept: what Lightning does to inject a DistributedSampler."""
-    return type(loader)(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        collate_fn=loader.collate_fn,
-        sampler=sampler,
-        generator=loader.generator,
-        num_workers=loader.num_workers,
-        worker_init_fn=loader.worker_init_fn,
-        persistent_workers=loader.persistent_workers,
-        pin_memory=loader.pin_memory,
-    )
-
-
-def ignore_interrupts(worker_id: int) -> None:
-    """In each DataLoader worker: a terminal sends Ctrl-C to every process of the job, and a worker that died of it
-    would fail the main process's graceful stop. The main process decides, then shuts the workers down: SIGTERM
-    keeps its default, whatever handler the worker inherited."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-class TensorBatches(TensorDataset):
-    """A TensorDataset that DataLoader asks for a whole batch at once: one indexing of each tensor, where it would
-    index once per point and stack the points (default_collate). The same tensors, several times faster."""
-
-    def __getitems__(self, indices: list[int]) -> list[Tensor]:
-        return [tensor[indices] for tensor in self.tensors]  # a list, as default_collate makes of (X, y) pairs
-
-
-def as_batch(batch: list[Tensor]) -> list[Tensor]:
-    """DataLoader's collate_fn for TensorBatches, whose __getitems__ has made the batch already."""
-    return batch
 
 
 class SpiralDataModule(L.LightningDataModule):
@@ -257,15 +135,9 @@ class SpiralDataModule(L.LightningDataModule):
         self.all_points = TensorDataset(X, y)
 
     def train_dataloader(self) -> DataLoader:
-        if distributed():
-            # Under DDP, Lightning re-creates the training DataLoader with a DistributedSampler in place of this
-            # RandomSampler (Trainer(use_distributed_sampler=True)), shuffled with seed_everything + epoch; loop.py
-            # does the same. EpochShuffle would be wrapped, not replaced.
-            sampler = RandomSampler(self.train_set, generator=self.generator)
-        else:
-            sampler = EpochShuffle(len(self.train_set), self.generator)
-        loader = self._loader(self.train_set, self.hparams.batch_size, sampler)
-        loader.resumed, self.resumed = self.resumed, False
+        # Shuffled with the module's own generator: no other draw from torch's RNG can move the order.
+        loader = self._loader(self.train_set, self.hparams.batch_size, shuffle=self.generator, resumed=self.resumed)
+        self.resumed = False
         return loader
 
     def val_dataloader(self) -> DataLoader:
@@ -279,30 +151,21 @@ class SpiralDataModule(L.LightningDataModule):
         points = self.all_points if self.hparams.path else self.test_set
         return self._loader(points, self.hparams.val_batch_size or len(points))
 
-    def _loader(self, dataset: TensorDataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
-        hp = self.hparams
-        return (DataLoader if sampler is None else ResumableLoader)(
-            TensorBatches(*dataset.tensors),
-            batch_size=batch_size,
-            collate_fn=as_batch,
-            sampler=sampler,
-            generator=self.generator if sampler is not None else self._seed_generator(),  # iter() draws from it
-            num_workers=hp.num_workers,
-            worker_init_fn=ignore_interrupts,
-            persistent_workers=hp.persistent_workers,
-            pin_memory=hp.pin_memory,
-        )
-
-    def _seed_generator(self) -> torch.Generator | None:
-        """Where an evaluation DataLoader's iter() draws its workers' base seed: torch's global RNG (None), as any
-        DataLoader's, unless its workers persist. Those draw once per process, so a resumed run would draw once more
-        than the interrupted run did and shift dropout's masks: they draw from a generator of their own."""
-        return torch.Generator() if self.hparams.persistent_workers else None
-
     def state_dict(self) -> dict[str, Any]:
         # The shuffle order of the epochs still to come; Lightning saves it in every checkpoint.
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.generator.set_state(state_dict["generator"])
-        self.resumed = True
+        self.resumed = True  # the next training DataLoader goes on with the interrupted run
+
+    def _loader(self, dataset: TensorDataset, batch_size: int, **training) -> DataLoader:
+        hp = self.hparams
+        return loader(
+            dataset,
+            batch_size,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers,
+            pin_memory=hp.pin_memory,
+            **training,
+        )

@@ -1,51 +1,198 @@
-"""The line -> hook map: where each line of the plain loop (loop.py) lives in Lightning (module.py, the Trainer).
+"""The line -> hook map: where each line of the plain loop (loop.py) lives in Lightning.
 
-    python -m {{ cookiecutter.package_name }}.hookmap          # prints the table README.md shows
+    python -m {{ cookiecutter.package_name }}.hookmap                # the essay's lines: the table README.md shows
+    python -m {{ cookiecutter.package_name }}.hookmap side-by-side   # every line: docs/side_by_side.md
 
-tests/test_hookmap.py records what both loops actually do, in order, and checks every row against it.
+tests/test_hookmap.py records what both loops actually do, in order, and checks every row against it; it also
+checks that LOOP holds every line of loop.fit() in order, that each `code` is a line of the Lightning side, that
+MACHINERY's lines are in machinery/plain_run.py, and that README.md and docs/side_by_side.md show these tables.
 """
 
+import sys
 from typing import NamedTuple
 
 
 class Row(NamedTuple):
-    line: str  # the line in loop.py
+    line: str  # the line in loop.py (LOOP) or machinery/plain_run.py (MACHINERY)
     lightning: str  # where Lightning does it
-    moved: str  # what happens if you move it
+    moved: str = "-"  # what happens if you move it
+    # The line of module.py, data.py or configs/default.yaml that does it on the Lightning side, if one does.
+    code: str | None = None
     # What tests/test_hookmap.py records for this line in a Lightning run: (event, innermost LightningModule hook).
     recorded: tuple[str, str] | None = None
+    essay: bool = True  # one of the essay's lines, not one the project adds around them
 
 
 TRAIN_FORWARD = "forward(train, grad)"
 VAL_FORWARD = "forward(eval, no_grad)"
+SPAN = "plain_run.py"  # rows whose work the PlainRun call does: MACHINERY has its lines
 
-ROWS = (
+# Every line of loop.fit(), in order.
+LOOP = (
+    Row(
+        "torch.manual_seed(hp.seed)",
+        "`seed_everything` (LightningCLI), before the model is built",
+        "after `MLP(...)`, the initial weights come from an unseeded generator",
+        "seed_everything: 0",
+    ),
+    Row("device = run.device", "`Trainer(accelerator=...)`", essay=False),
+    Row('data.setup("fit")', "`LightningDataModule.setup`", code="def setup(self, stage: str) -> None:"),
     Row(
         "loader = data.train_dataloader()",
         "`LightningDataModule.train_dataloader`",
         "without its own seeded generator, the shuffle order depends on every other draw from the global RNG",
+        "def train_dataloader(self) -> DataLoader:",
+    ),
+    Row(
+        "val_loader = data.val_dataloader()",
+        "`LightningDataModule.val_dataloader`",
+        code="def val_dataloader(self) -> DataLoader:",
+    ),
+    Row(
+        "model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)",
+        "`LightningModule.__init__`",
+        code="self.model = MLP(in_features=2, hidden=hidden, out_features=classes, dropout=dropout)",
     ),
     Row(
         "model.to(device)",
-        "`Trainer(accelerator=...)`, before `configure_optimizers`",
-        "after the optimiser, with a dtype change and torch's overwrite-on-conversion flag on, "
-        "the optimiser updates discarded tensors",
+        "the Trainer (`accelerator`, `precision`), before `configure_optimizers`",
+        "after the optimizer, with a dtype change and torch's overwrite-on-conversion flag on, "
+        "the optimizer updates discarded tensors",
     ),
     Row(
-        "optimiser = torch.optim.Adam(model.parameters(), lr=lr)",
+        "criterion = nn.CrossEntropyLoss()", "`LightningModule.__init__`", code="self.criterion = nn.CrossEntropyLoss()"
+    ),
+    Row(
+        "val_loss = MeanMetric().to(device)",
+        "`LightningModule.__init__`; the Trainer moves it with the module",
+        "a plain mean of the batch losses would weigh a smaller last batch like a full one",
+        "self.val_loss = MeanMetric()",
+    ),
+    Row(
+        'val_acc = MulticlassAccuracy(hp.classes, average="micro").to(device)',
+        "`LightningModule.__init__`",
+        code='self.val_acc = MulticlassAccuracy(classes, average="micro")',
+    ),
+    Row(
+        "optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)",
         "`configure_optimizers`",
         "it must see the parameters it will update",
+        "optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)",
     ),
     Row(
-        "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)",
+        "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.max_epochs)",
         "`configure_optimizers`",
-        "it must wrap the optimiser it schedules",
+        "it must wrap the optimizer it schedules",
+        "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)",
         ("scheduler.step", "configure_optimizers"),
     ),
     Row(
+        "train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)",
+        f'`Trainer(strategy="ddp")`: the DDP wrapper and `DistributedSampler`s ({SPAN})',
+        essay=False,
+    ),
+    Row(
+        "start_epoch = run.start(model, optimizer, scheduler, data, loader)",
+        f"`Trainer.fit(ckpt_path=...)`: a checkpoint restored before training starts ({SPAN})",
+        essay=False,
+    ),
+    Row(
+        "for epoch in run.progress(range(start_epoch, hp.max_epochs)):",
+        "`Trainer(max_epochs=...)`, with its progress bar",
+        code="max_epochs: 100",
+    ),
+    Row(
+        "run.epoch_start(epoch)",
+        f"the fit loop at each epoch's start: `set_epoch`, `LearningRateMonitor` ({SPAN})",
+        essay=False,
+    ),
+    Row(
+        "model.train()",
+        "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
+        "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
+        recorded=(TRAIN_FORWARD, "training_step"),
+    ),
+    Row("for X_batch, y_batch in loader:", "the fit loop, `len(loader)` batches"),
+    Row("X_batch, y_batch = X_batch.to(device), y_batch.to(device)", "`transfer_batch_to_device`", essay=False),
+    Row(
+        "optimizer.zero_grad()",
+        "`optimizer_zero_grad`",
+        "left out, gradients pile up over batches; between `backward` and `step`, it wipes this batch's gradients",
+        recorded=("zero_grad", "optimizer_zero_grad"),
+    ),
+    Row(
+        "logits = train_model(X_batch)",
+        "`training_step`",
+        code="logits = self(X_batch)",
+        recorded=(TRAIN_FORWARD, "training_step"),
+    ),
+    Row("loss = criterion(logits, y_batch)", "`training_step`", code="loss = self.criterion(logits, y_batch)"),
+    Row("loss.backward()", "`backward`", recorded=("backward", "backward")),
+    Row(
+        "if hp.gradient_clip_val is not None:",
+        "`Trainer(gradient_clip_val=...)`",
+        code="gradient_clip_val: 1.0",
+    ),
+    Row(
+        "torch.nn.utils.clip_grad_norm_(model.parameters(), hp.gradient_clip_val)",
+        "`configure_gradient_clipping`",
+        "before `backward` there is nothing to clip; after `step` it clips gradients already applied",
+        recorded=("clip_grad_norm_", "configure_gradient_clipping"),
+    ),
+    Row("optimizer.step()", "`optimizer_step`", recorded=("optimizer.step", "optimizer_step")),
+    Row(
+        "run.batch_end(loss, epoch)",
+        f'`self.log("train/loss", loss)`; callbacks\' `on_train_batch_end`: NaN stop, Ctrl-C ({SPAN})',
+        "logging `loss` instead of `loss.item()` keeps every step's graph alive",
+        'self.log("train/loss", loss, prog_bar=True)',
+    ),
+    Row(
+        "scheduler.step()",
+        "`lr_scheduler_step`, interval `epoch`",
+        "inside the batch loop, the learning rate decays len(loader) times per epoch instead of once",
+        '"lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "train/lr"},',
+        ("scheduler.step", "lr_scheduler_step"),
+    ),
+    Row(
+        "model.eval()",
+        "the Trainer, before validation",
+        "left out, dropout stays on during validation",
+        recorded=(VAL_FORWARD, "validation_step"),
+    ),
+    Row(
+        "with torch.no_grad():",
+        "the Trainer, around validation",
+        "left out, every validation batch builds an autograd graph",
+        recorded=(VAL_FORWARD, "validation_step"),
+    ),
+    Row("for X_val, y_val in val_loader:", "the validation loop"),
+    Row("X_val, y_val = X_val.to(device), y_val.to(device)", "`transfer_batch_to_device`", essay=False),
+    Row(
+        "val_logits = model(X_val)",
+        "`validation_step`",
+        code="val_logits = self(X_val)",
+        recorded=(VAL_FORWARD, "validation_step"),
+    ),
+    Row(
+        "val_loss.update(criterion(val_logits, y_val), weight=len(y_val))",
+        "`validation_step`",
+        code="self.val_loss.update(self.criterion(val_logits, y_val), weight=len(y_val))",
+    ),
+    Row("val_acc.update(val_logits, y_val)", "`validation_step`", code="self.val_acc.update(val_logits, y_val)"),
+    Row(
+        "run.epoch_end(epoch, val_loss, val_acc)",
+        "`self.log` of the epoch metrics; callbacks' `on_validation_end` and `on_train_epoch_end`: "
+        f"NaN stop, animation frame, `ModelCheckpoint`, Ctrl-C ({SPAN})",
+        code='self.log_dict({"val/loss": self.val_loss, "val/acc": self.val_acc}, prog_bar=True)',
+        essay=False,
+    ),
+)
+
+# What the PlainRun calls do, in machinery/plain_run.py.
+MACHINERY = (
+    Row(
         "torch.manual_seed(seed)",
-        'the second one, under DDP: `Trainer(strategy="ddp")` calls `reset_seed()` as each process joins the '
-        "process group",
+        'under DDP, `Trainer(strategy="ddp")` calls `reset_seed()` as each process joins the process group',
         "left out, dropout draws other masks than under Lightning's DDP",
     ),
     Row(
@@ -59,84 +206,38 @@ ROWS = (
         "seeded with `seed_everything`",
         "left out, every process trains on all the points: an epoch does one process's work once per process",
     ),
+    Row('model.load_state_dict(self.resume["model"])', "`Trainer.fit(ckpt_path=...)`, before training starts"),
     Row(
-        'model.load_state_dict(resume["model"])',
-        "`Trainer.fit(ckpt_path=...)`, before training starts",
-        "-",
-    ),
-    Row(
-        'data.load_state_dict(resume["data"])',
+        'data.load_state_dict(self.resume["data"])',
         "`LightningDataModule.load_state_dict`",
         "left out, the resumed run shuffles its epochs in the order the interrupted run began with",
     ),
     Row(
-        'loader.load_state_dict(resume["loader"])',
+        'loader.load_state_dict(self.resume["loader"])',
         "the fit loop, for a DataLoader with `state_dict`/`load_state_dict` (`ResumableLoader`)",
         "left out, with persistent workers the resumed run's new workers draw a seed from the shuffle generator "
         "that the interrupted run's reused ones did not, and every later epoch is shuffled differently",
     ),
     Row(
-        'set_rng_state(resume["rng"])',
-        "`on_load_checkpoint` in module.py",
+        'set_rng_state(self.resume["rng"])',
+        "`ExactResume.on_load_checkpoint` (machinery/checkpoints.py)",
         "left out, a resumed run with dropout draws other dropout masks than the interrupted run would have",
     ),
-    Row("for epoch in trange(max_epochs, ...)", "`Trainer(max_epochs=...)`", "-"),
-    Row("if epoch < start_epoch:", "the fit loop starts at the checkpoint's epoch", "-"),
     Row(
-        "loader.sampler.set_epoch(epoch)",
+        "self._loader.sampler.set_epoch(epoch)",
         "the fit loop, at the start of each epoch",
         "left out, a `DistributedSampler` shuffles every epoch in the same order",
     ),
-    Row(
-        "model.train()",
-        "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
-        "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
-        (TRAIN_FORWARD, "training_step"),
-    ),
-    Row(
-        "optimiser.zero_grad()",
-        "`optimizer_zero_grad`",
-        "left out, gradients pile up over batches; between `backward` and `step`, it wipes this batch's gradients",
-        ("zero_grad", "optimizer_zero_grad"),
-    ),
-    Row("logits = train_model(X_batch)", "`training_step`", "-", (TRAIN_FORWARD, "training_step")),
-    Row("loss.backward()", "`backward`", "-", ("backward", "backward")),
-    Row(
-        "torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)",
-        "`configure_gradient_clipping`, set by `Trainer(gradient_clip_val=...)`",
-        "before `backward` there is nothing to clip; after `step` it clips gradients already applied",
-        ("clip_grad_norm_", "configure_gradient_clipping"),
-    ),
-    Row("optimiser.step()", "`optimizer_step`", "-", ("optimizer.step", "optimizer_step")),
     Row(
         "if not torch.isfinite(loss):",
         "`StopOnNonFiniteLoss` callback, `on_train_batch_end`",
         "left out, a run whose loss turned NaN trains on to the end of the epoch",
     ),
     Row(
-        "if stop is not None and stop.signal and loader.batches < len(loader):",
-        "`GracefulStop` callback, `on_train_batch_end` (checkpoints.py)",
-        "left out, a Ctrl-C waits for the end of the epoch (the `if stop` after `save(epoch + 1)`)",
+        "if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):",
+        "`GracefulStop` callback, `on_train_batch_end` (machinery/stopping.py)",
+        "left out, a Ctrl-C waits for the end of the epoch (the stop check in `epoch_end`)",
     ),
-    Row(
-        "scheduler.step()",
-        "`lr_scheduler_step`, interval `epoch`",
-        "inside the batch loop, the learning rate decays len(loader) times per epoch instead of once",
-        ("scheduler.step", "lr_scheduler_step"),
-    ),
-    Row(
-        "model.eval()",
-        "the Trainer, before validation",
-        "left out, dropout stays on during validation",
-        (VAL_FORWARD, "validation_step"),
-    ),
-    Row(
-        "with torch.no_grad():",
-        "the Trainer, around validation",
-        "left out, every validation batch builds an autograd graph",
-        (VAL_FORWARD, "validation_step"),
-    ),
-    Row("val_logits = model(X_val)", "`validation_step`", "-", (VAL_FORWARD, "validation_step")),
     Row(
         "if not torch.isfinite(val_loss.compute()):",
         "`StopOnNonFiniteLoss` callback, `on_validation_end`",
@@ -144,37 +245,79 @@ ROWS = (
         "good checkpoint",
     ),
     Row(
-        "image = boundary.frame(model, ...)",
+        "image = self.boundary.frame(self._model, X_val, y_val, epoch, val_acc.compute().item())",
         "`DecisionBoundary` callback, `on_validation_end`",
         "before the metrics are computed, the frame's title would show the previous epoch's accuracy",
     ),
     Row(
-        "atomic_save(",
+        "atomic_save(checkpoint, self.checkpoint)",
         "`ModelCheckpoint(save_last=True)`, `on_train_epoch_end`, through `AtomicCheckpointIO`",
         "before `scheduler.step()`, the resumed run repeats the finished epoch's learning rate; with a plain "
         "`torch.save(..., path)`, a kill during the write leaves a torn file where the last checkpoint was",
     ),
 )
+ROWS = LOOP + MACHINERY
 
 # Where the two loops differ in order or in extra calls without changing a single number.
 COMMUTING = {
     "zero_grad before training": "Lightning clears the model's gradients once before training starts "
     "(`Trainer._run_stage`); there are none yet",
-    "zero_grad after the forward": "Lightning calls `optimiser.zero_grad()` after the forward, inside the closure "
+    "zero_grad after the forward": "Lightning calls `optimizer.zero_grad()` after the forward, inside the closure "
     "that `optimizer_step` runs; anywhere between the previous `step` and this `backward` gives the same numbers",
     "zero_grad before validation": "Lightning also frees the gradients before validation "
     "(`on_validation_model_zero_grad`); the next `zero_grad` would clear them anyway",
 }
 
 
+def table(rows: tuple[Row, ...], header: str) -> list[str]:
+    lines = [f"| {header} | Lightning | if you move it |", "|---|---|---|"]
+    return lines + [f"| `{row.line}` | {row.lightning} | {row.moved} |" for row in rows]
+
+
+def commuting() -> list[str]:
+    return ["Where Lightning does it in another order, without changing a number:", ""] + [
+        f"- {why}." for why in COMMUTING.values()
+    ]
+
+
 def markdown() -> str:
-    """The README's table: the loop's line, where Lightning does it, what happens if you move it."""
-    lines = ["| plain loop (`loop.py`) | Lightning | if you move it |", "|---|---|---|"]
-    lines += [f"| `{row.line}` | {row.lightning} | {row.moved} |" for row in ROWS]
-    lines += ["", "Where Lightning does it in another order, without changing a number:", ""]
-    lines += [f"- {why}." for why in COMMUTING.values()]
+    """The README's table: the essay's lines, where Lightning does them, what happens if you move one."""
+    return "\n".join([*table(tuple(row for row in LOOP if row.essay), "plain loop (`loop.py`)"), "", *commuting()])
+
+
+def side_by_side() -> str:
+    """docs/side_by_side.md: every line of loop.fit() beside the Lightning code and hook that do its work."""
+    lines = [
+        "# loop.py beside module.py",
+        "",
+        "<!-- generated by `python -m {{ cookiecutter.package_name }}.hookmap side-by-side`; "
+        "tests/test_hookmap.py checks it is current -->",
+        "",
+        "Every line of `loop.fit()`, in order, beside the line of the Lightning side that does the same work",
+        "(`module.py`, `data.py`, `configs/default.yaml`; empty where the Trainer does it with its defaults) and",
+        "the hook or Trainer argument that runs it. `tests/test_hookmap.py` records what both loops do, in order,",
+        "and checks every row that names a recorded event. Diff the two files: `diff -y -W 200",
+        "src/{{ cookiecutter.package_name }}/loop.py src/{{ cookiecutter.package_name }}/module.py` shows the",
+        "same names in the same order.",
+        "",
+        "| plain loop (`loop.py`) | Lightning code | run by |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{row.line}` | {f'`{row.code}`' if row.code else ''} | {row.lightning} |" for row in LOOP]
+    lines += [
+        "",
+        "## What the Trainer does around the loop",
+        "",
+        "The calls `run.distribute`, `run.start`, `run.epoch_start`, `run.batch_end` and `run.epoch_end` hold",
+        "these lines (`src/{{ cookiecutter.package_name }}/machinery/plain_run.py`); nothing in them changes a",
+        "number the loop computes, but where each sits keeps a resumed or distributed run bit-identical.",
+        "",
+        *table(MACHINERY, "`machinery/plain_run.py`"),
+        "",
+        *commuting(),
+    ]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(markdown())
+    print(side_by_side() if sys.argv[1:] == ["side-by-side"] else markdown())

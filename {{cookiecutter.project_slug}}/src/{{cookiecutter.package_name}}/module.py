@@ -2,11 +2,11 @@
 
     python train.py fit                  # trains it on configs/default.yaml
 
-Lines of the plain loop that have no hook here are done by the Trainer with its defaults:
-`optimiser.zero_grad()` (optimizer_zero_grad), `loss.backward()` (backward),
-`clip_grad_norm_` (Trainer(gradient_clip_val=...) -> configure_gradient_clipping),
-`optimiser.step()` (optimizer_step), `scheduler.step()` (lr_scheduler_step), and
-`model.train()`, `model.eval()`, `torch.no_grad()` around the training and validation loops.
+The hooks come in the order loop.fit() runs their lines, with the same names. Lines of the loop
+that have no hook here are the Trainer's, with its defaults: `optimizer.zero_grad()`,
+`loss.backward()`, `clip_grad_norm_` (Trainer(gradient_clip_val=...)), `optimizer.step()`,
+`scheduler.step()`, `model.train()`, `model.eval()` and `torch.no_grad()`.
+docs/side_by_side.md shows the two files line for line.
 """
 
 import lightning as L
@@ -16,15 +16,21 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from {{ cookiecutter.package_name }}.checkpoints import CheckpointError, rng_state, set_rng_state, shape_differences
+from {{ cookiecutter.package_name }}.machinery.checkpoints import ExactResume
 from {{ cookiecutter.package_name }}.model import MLP
 
 Probability = restricted_number_type("Probability", float, [(">=", 0), ("<", 1)])
+Batch = tuple[Tensor, Tensor]  # (X, y): (batch, 2) float32 points, (batch,) int64 labels
 
 
-class SpiralClassifier(L.LightningModule):
+# ExactResume (machinery/checkpoints.py): checkpoints keep the RNG state; other shapes are refused.
+class SpiralClassifier(ExactResume, L.LightningModule):
     def __init__(
-        self, hidden: PositiveInt = 128, dropout: Probability = 0.0, lr: PositiveFloat = 1e-3, classes: PositiveInt = 3
+        self,
+        hidden: PositiveInt = 128,
+        dropout: Probability = 0.0,
+        lr: PositiveFloat = 1e-3,
+        classes: PositiveInt = 3,
     ):
         """
         Args:
@@ -37,57 +43,45 @@ class SpiralClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.model = MLP(in_features=2, hidden=hidden, out_features=classes, dropout=dropout)
         self.criterion = nn.CrossEntropyLoss()
-        # Epoch metrics, reduced the same way in loop.py: loss weighted by batch size, accuracy over all points.
-        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
-        self.accuracy = nn.ModuleDict(
-            {stage: MulticlassAccuracy(classes, average="micro") for stage in ("val", "test")}
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        X_batch, y_batch = batch
-        logits = self(X_batch)
-        loss = self.criterion(logits, y_batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        X, _ = batch
-        return self(X).softmax(dim=1)  # (batch, classes) class probabilities
+        # Epoch metrics, as in loop.py: loss weighted by batch size, accuracy over all points.
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(classes, average="micro")
+        self.test_loss = MeanMetric()
+        self.test_acc = MulticlassAccuracy(classes, average="micro")
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
+        max_epochs = self.trainer.max_epochs
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "train/lr"},
         }
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Dropout draws from torch's global RNG: a resumed run needs its state to draw the same masks.
-        checkpoint["rng"] = rng_state()
+    def forward(self, X: Tensor) -> Tensor:
+        return self.model(X)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Before the weights are loaded: a checkpoint of another shape is refused by name, not by a traceback.
-        if differences := shape_differences(checkpoint["state_dict"], self.state_dict()):
-            raise CheckpointError(f"the checkpoint holds a model of another shape: {', '.join(differences[:3])}")
-        # Resuming a fit, not load_from_checkpoint() or a test: go on with the interrupted run's random numbers.
-        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
-            set_rng_state(checkpoint["rng"])
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        X_batch, y_batch = batch
+        logits = self(X_batch)
+        loss = self.criterion(logits, y_batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss  # the Trainer runs backward, clipping and optimizer_step on it
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        X, y = batch
-        logits = self(X)
-        loss = self.criterion(logits, y)
-        self.mean_loss[stage].update(loss, weight=len(y))
-        self.accuracy[stage].update(logits, y)
-        self.log(f"{stage}/loss", self.mean_loss[stage], prog_bar=True)
-        self.log(f"{stage}/acc", self.accuracy[stage], prog_bar=True)
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        X_val, y_val = batch
+        val_logits = self(X_val)
+        self.val_loss.update(self.criterion(val_logits, y_val), weight=len(y_val))
+        self.val_acc.update(val_logits, y_val)
+        self.log_dict({"val/loss": self.val_loss, "val/acc": self.val_acc}, prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        X_test, y_test = batch
+        test_logits = self(X_test)
+        self.test_loss.update(self.criterion(test_logits, y_test), weight=len(y_test))
+        self.test_acc.update(test_logits, y_test)
+        self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc}, prog_bar=True)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        X, _ = batch
+        return self(X).softmax(dim=1)  # (batch, classes) class probabilities

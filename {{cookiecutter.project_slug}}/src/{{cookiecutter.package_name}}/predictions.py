@@ -22,6 +22,6 @@ class PredictionWriter(BasePredictionWriter):
         with path.open("w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["x1", "x2", "label", *(f"p{k}" for k in range(probabilities.shape[1])), "predicted"])
-            for (x1, x2), label, p in zip(points[0].tolist(), points[1].tolist(), probabilities.tolist()):
+            for (x1, x2), label, p in zip(points[0].tolist(), points[1].tolist(), probabilities.tolist(), strict=True):
                 writer.writerow([x1, x2, label, *p, max(range(len(p)), key=p.__getitem__)])
         print(f"predictions: {path}")

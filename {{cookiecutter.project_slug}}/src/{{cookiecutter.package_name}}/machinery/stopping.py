@@ -1,18 +1,9 @@
-"""Checkpoints that survive a kill, runs that stop cleanly, and checkpoints that are refused by name.
+"""Runs that stop where they can go on from: Ctrl-C and SIGTERM after the batch, a NaN loss at once.
 
-    python train.py fit --ckpt_path last        # go on with the newest logs/lightning/version_N/checkpoints/last.ckpt
-    python train_torch.py --ckpt_path last      # the same for the plain loop: logs/torch/version_N/checkpoints/last.pt
-
-- `atomic_save` (the plain loop) and `AtomicCheckpointIO` (Lightning's plugin point) write a checkpoint to a
-  temporary file beside it, sync it to disk and rename it over the old one: a kill at any moment leaves the old
-  checkpoint or the new one, never a torn file.
 - `StopRequest` / `GracefulStop`: Ctrl-C (SIGINT) or SIGTERM finishes the batch, writes a checkpoint of exactly that
-  point (the plain loop: loop.py; Lightning: the callback), prints how to resume and exits with 130 or 143.
+  point (the plain loop: plain_run.py; Lightning: the callback), prints how to resume and exits with 130 or 143.
 - `StopOnNonFiniteLoss`: a NaN or infinite loss stops training, naming the step, before a checkpoint is written
   from it.
-- `rng_state` / `set_rng_state`: torch's global random state, which dropout draws from; both loops checkpoint it.
-- `read_checkpoint`, `newest`, `adopt_settings`: a missing, unreadable or foreign checkpoint, or one trained with
-  other settings than the run asks for, is refused in one line.
 """
 
 import os
@@ -23,14 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from fsspec.implementations.local import LocalFileSystem
-from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names it and says why."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,64 +24,6 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(
             f"{tag} is {value} at step {step} (epoch {epoch}): training stopped, no checkpoint was written from it"
         )
-
-
-# --- writing ---
-
-
-def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temporary file in `path`'s directory, fsync, then os.replace it over `path`.
-
-    A rename within one file system is atomic, so a reader (or a kill at any moment) finds the old file or the new
-    one. Lightning's default TorchCheckpointIO moves fsspec's temporary file from the system's temp directory,
-    which is a copy when that is another file system, and never syncs it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)  # left only when torch.save or the rename failed
-    if os.name == "posix":  # the rename itself reaches the disk with the directory
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, with `atomic_save` for local paths (configs/default.yaml: trainer.plugins)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_save(checkpoint, path)
-
-
-# --- what decides the future besides the weights ---
-
-
-def rng_state() -> dict[str, Any]:
-    """torch's global random state, where dropout draws its masks: the CPU's and, once CUDA is in use, each GPU's."""
-    return {
-        "cpu": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- stopping ---
 
 
 class StopRequest:
@@ -235,73 +161,3 @@ class StopOnNonFiniteLoss(L.Callback):
         loss = trainer.callback_metrics.get(self.val_loss)
         if not trainer.sanity_checking and loss is not None and not torch.isfinite(loss).all():
             raise NonFiniteLossError(self.val_loss, loss.item(), trainer.global_step - 1, trainer.current_epoch)
-
-
-# --- reading ---
-
-
-def newest(root: Path, filename: str) -> Path:
-    """root/version_*/checkpoints/<filename> written last: what `--ckpt_path last` resumes."""
-    found = sorted(root.glob(f"version_*/checkpoints/{filename}"), key=lambda path: path.stat().st_mtime)
-    if not found:
-        raise CheckpointError(f"--ckpt_path last: there is no {root / 'version_*' / 'checkpoints' / filename}")
-    return found[-1]
-
-
-def run_directory(checkpoint: Path, root: Path) -> Path | None:
-    """root/version_N when the checkpoint is root/version_N/checkpoints/<file>: the run it continues, else None."""
-    if checkpoint.parent.name == "checkpoints" and checkpoint.resolve().parents[2] == root.resolve():
-        return checkpoint.parent.parent
-    return None
-
-
-def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, Any]:
-    """The checkpoint at `path`, or CheckpointError saying in one line why it cannot be one of `kind`."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt? ({reason})") from None
-    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in keys):
-        raise CheckpointError(f"{path}: not a checkpoint of {kind}")
-    return checkpoint
-
-
-def adopt_settings(config, defaults, section: str, saved: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    """Give config[section] the settings the checkpoint was trained with; return those the run sets otherwise.
-
-    A setting still at its default (configs/default.yaml) takes the checkpoint's value, as LightningCLI does for the
-    model's; one set to something else by a flag or a config file contradicts the checkpoint and is returned.
-    """
-    conflicts = []
-    for key, value in saved.items():
-        if key.startswith("_") or key in ignore or key not in config[section]:
-            continue
-        current = config[section][key]
-        if current == value:
-            continue
-        if current != defaults[section][key]:
-            conflicts.append(f"{section}.{key}={current!r} (the checkpoint's: {value!r})")
-        else:
-            config[section][key] = value
-    return conflicts
-
-
-def refusal(path: Path, conflicts: list[str], run: Path | None) -> CheckpointError:
-    """The one line that refuses a checkpoint trained with other settings, and says how to give the run's own."""
-    config = run / "config.yaml" if run is not None else None
-    own = f"; --config {config} gives the run's own" if config is not None and config.is_file() else ""
-    return CheckpointError(f"{path} was trained with other settings: {', '.join(conflicts)}{own}")
-
-
-def shape_differences(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
-    """The parameters whose shapes differ between a checkpoint's state_dict and a model's."""
-    return [
-        f"{name} {tuple(tensor.shape)} (this model's: {tuple(expected[name].shape)})"
-        for name, tensor in saved.items()
-        if name in expected and tensor.shape != expected[name].shape
-    ] + [f"{name} (missing)" for name in expected if name not in saved]

@@ -1,0 +1,188 @@
+"""Checkpoints that survive a kill, carry what decides the run's future, and are refused by name.
+
+    python train.py fit --ckpt_path last        # go on with the newest logs/lightning/version_N/checkpoints/last.ckpt
+    python train_torch.py --ckpt_path last      # the same for the plain loop: logs/torch/version_N/checkpoints/last.pt
+
+- `atomic_save` (the plain loop) and `AtomicCheckpointIO` (Lightning's plugin point) write a checkpoint to a
+  temporary file beside it, sync it to disk and rename it over the old one: a kill at any moment leaves the old
+  checkpoint or the new one, never a torn file.
+- `rng_state` / `set_rng_state`: torch's global random state, which dropout draws from; both loops checkpoint it
+  (Lightning through `ExactResume`, which the LightningModule inherits).
+- `adopt_checkpoint`: both entry points' `--ckpt_path`: a missing, unreadable or foreign checkpoint, or one trained
+  with other settings than the run asks for, is refused in one line; otherwise the run takes its settings.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names it and says why."""
+
+
+# --- writing ---
+
+
+def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """torch.save to a temporary file in `path`'s directory, fsync, then os.replace it over `path`.
+
+    A rename within one file system is atomic, so a reader (or a kill at any moment) finds the old file or the new
+    one. Lightning's default TorchCheckpointIO moves fsspec's temporary file from the system's temp directory,
+    which is a copy when that is another file system, and never syncs it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # left only when torch.save or the rename failed
+    if os.name == "posix":  # the rename itself reaches the disk with the directory
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with `atomic_save` for local paths (configs/default.yaml: trainer.plugins)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)
+
+
+# --- what decides the future besides the weights ---
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global random state, where dropout draws its masks: the CPU's and, once CUDA is in use, each GPU's."""
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ExactResume:
+    """What a LightningModule needs so that a resumed fit goes on exactly: the random state, and a refusal by name.
+
+    `class SpiralClassifier(ExactResume, L.LightningModule)`: the hooks below, kept out of module.py's loop lines.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout draws from torch's global RNG: a resumed run needs its state to draw the same masks.
+        checkpoint["rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before the weights are loaded: a checkpoint of another shape is refused by name, not by a traceback.
+        if differences := shape_differences(checkpoint["state_dict"], self.state_dict()):
+            raise CheckpointError(f"the checkpoint holds a model of another shape: {', '.join(differences[:3])}")
+        # Resuming a fit, not load_from_checkpoint() or a test: go on with the interrupted run's random numbers.
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
+
+
+# --- reading ---
+
+
+def newest(root: Path, filename: str) -> Path:
+    """root/version_*/checkpoints/<filename> written last: what `--ckpt_path last` resumes."""
+    found = sorted(root.glob(f"version_*/checkpoints/{filename}"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"--ckpt_path last: there is no {root / 'version_*' / 'checkpoints' / filename}")
+    return found[-1]
+
+
+def run_directory(checkpoint: Path, root: Path) -> Path | None:
+    """root/version_N when the checkpoint is root/version_N/checkpoints/<file>: the run it continues, else None."""
+    if checkpoint.parent.name == "checkpoints" and checkpoint.resolve().parents[2] == root.resolve():
+        return checkpoint.parent.parent
+    return None
+
+
+def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The checkpoint at `path`, or CheckpointError saying in one line why it cannot be one of `kind`."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt? ({reason})") from None
+    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in keys):
+        raise CheckpointError(f"{path}: not a checkpoint of {kind}")
+    return checkpoint
+
+
+# Settings a checkpoint does not decide: how the data is loaded, and model.classes, which data.classes sets.
+NOT_ADOPTED = {"model": ("classes",), "data": ("num_workers", "pin_memory"), "trainer": ()}
+
+
+def adopt_checkpoint(
+    config,
+    defaults,
+    root: Path,
+    read: tuple[str, tuple[str, ...], str],
+    settings: Callable[[dict[str, Any]], dict[str, dict[str, Any]]],
+) -> tuple[dict[str, Any], Path | None]:
+    """`--ckpt_path` for both entry points: the checkpoint, and the run directory under `root` it continues.
+
+    `last` becomes the newest `root/version_*/checkpoints/<file>`; `read` is (file name, keys it must hold, what it
+    is) and `settings(checkpoint)` the model, data and trainer settings it was trained with. A setting still at its
+    default (configs/default.yaml) takes the checkpoint's value, as LightningCLI does for the model's; one set to
+    something else by a flag or a config file contradicts the checkpoint, and the checkpoint is refused by name.
+    """
+    filename, keys, kind = read
+    if config.ckpt_path == "last":
+        config.ckpt_path = str(newest(root, filename))
+    path = Path(config.ckpt_path)
+    checkpoint = read_checkpoint(path, keys, kind)
+    conflicts = []
+    for section, saved in settings(checkpoint).items():
+        for key, value in saved.items():
+            if key.startswith("_") or key in NOT_ADOPTED[section] or key not in config[section]:
+                continue
+            current = config[section][key]
+            if current == value:
+                continue
+            if current != defaults[section][key]:
+                conflicts.append(f"{section}.{key}={current!r} (the checkpoint's: {value!r})")
+            else:
+                config[section][key] = value
+    config.model.classes = config.data.classes
+    run = run_directory(path, root)
+    if conflicts:
+        config_file = run / "config.yaml" if run is not None else None
+        own = f"; --config {config_file} gives the run's own" if config_file and config_file.is_file() else ""
+        raise CheckpointError(f"{path} was trained with other settings: {', '.join(conflicts)}{own}")
+    return checkpoint, run
+
+
+def shape_differences(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """The parameters whose shapes differ between a checkpoint's state_dict and a model's."""
+    return [
+        f"{name} {tuple(tensor.shape)} (this model's: {tuple(expected[name].shape)})"
+        for name, tensor in saved.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ] + [f"{name} (missing)" for name in expected if name not in saved]

@@ -1,0 +1,182 @@
+"""The DataLoaders behind SpiralDataModule: shuffled with their own generator, able to stop between two batches.
+
+data.py calls `loader(...)`; nothing here changes what a batch holds, only that both loops draw the same batches in
+the same order, and that an interrupted run draws the batches it had still to come.
+
+- `EpochShuffle`: `shuffle=True` whose order is drawn when the epoch starts (a `for` loop and Lightning agree).
+- `ResumableLoader`: the training DataLoader; its state is the epoch's order and how far it got.
+- `TensorBatches`: one indexing per batch instead of one per point: the same tensors, several times faster.
+- `with_sampler`, `distributed`: what Lightning does under DDP, for the plain loop.
+"""
+
+import signal
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
+
+from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError
+
+
+class EpochShuffle(Sampler[int]):
+    """Like `shuffle=True`, but the epoch's whole order is drawn when the epoch starts.
+
+    torch's RandomSampler draws one more permutation when asked for an index past its last. A plain `for` loop
+    asks (to hear StopIteration) and Lightning, which stops at len(dataloader), does not: when the training set
+    is a multiple of the batch size, the two would shuffle every later epoch differently.
+
+    `replay` makes the next epoch the rest of an interrupted one, without drawing: how a resumed run goes on.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.generator = size, generator
+        self.order: list[int] = []  # the current epoch's
+        self._replay: tuple[list[int], int] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        if self._replay is None:
+            self.order, start = torch.randperm(self.size, generator=self.generator).tolist(), 0
+        else:
+            (self.order, start), self._replay = self._replay, None
+        return iter(self.order[start:])
+
+    def replay(self, order: list[int], start: int) -> None:
+        """Make the next epoch `order` from position `start` on."""
+        self._replay = (order, start)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, able to stop between two batches and go on from there in a new process.
+
+    Its state is the epoch's order and how many batches it has handed out. Lightning saves it in every checkpoint
+    and, resuming mid-epoch, loads it back before iterating (a "stateful" DataLoader); loop.py does the same.
+    The generator's state, which decides the epochs still to come, is SpiralDataModule's.
+    """
+
+    batches = 0  # handed out in the current epoch
+    resumed = False  # the next iter() goes on with an interrupted run
+    _resume_at = 0  # the batch that iter() starts at
+
+    def __iter__(self):
+        shuffle = self.generator
+        if self.resumed and (self._resume_at or self.persistent_workers):
+            # The interrupted run drew this epoch's worker seed before it saved the generator (mid-epoch), or it
+            # would have reused its persistent workers and drawn none: this iterator draws from a spare one.
+            self.generator = torch.Generator()
+        iterator = super().__iter__()  # a new iterator draws the workers' base seed from self.generator
+        self.generator = shuffle
+        self.batches, self._resume_at, self.resumed = self._resume_at, 0, False
+        return self._count(iterator)
+
+    def _count(self, iterator):
+        for batch in iterator:
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        order = getattr(self.sampler, "order", [])  # DDP's DistributedSampler: seed and epoch decide the order
+        # Whether the epoch was done, said outright: a run with another number of processes counts other batches.
+        done = self.batches == len(self)
+        return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches, "epoch_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
+        self.resumed = True
+        batches = int(state_dict["batches"])
+        self._resume_at = 0 if state_dict["epoch_done"] else batches
+        if self._resume_at:
+            if not isinstance(self.sampler, EpochShuffle):
+                # Under DDP: a DistributedSampler has no order to replay (a checkpoint from one process, mid-epoch).
+                raise CheckpointError(
+                    f"the checkpoint stopped {batches} batches into an epoch; only a run in one process can go on from "
+                    "there (under DDP, checkpoints are written at the ends of epochs)"
+                )
+            self.sampler.replay(state_dict["order"].tolist(), start=batches * self.batch_size)
+
+
+def distributed() -> bool:
+    """Whether this process is one of several that train together (DDP: `torchrun`, Trainer(strategy="ddp"))."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
+    """`loader` made anew with `sampler`, everything else kept: what Lightning does to inject a DistributedSampler."""
+    return type(loader)(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        collate_fn=loader.collate_fn,
+        sampler=sampler,
+        generator=loader.generator,
+        num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers,
+        pin_memory=loader.pin_memory,
+    )
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """In each DataLoader worker: a terminal sends Ctrl-C to every process of the job, and a worker that died of it
+    would fail the main process's graceful stop. The main process decides, then shuts the workers down: SIGTERM
+    keeps its default, whatever handler the worker inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class TensorBatches(TensorDataset):
+    """A TensorDataset that DataLoader asks for a whole batch at once: one indexing of each tensor, where it would
+    index once per point and stack the points (default_collate). The same tensors, several times faster."""
+
+    def __getitems__(self, indices: list[int]) -> list[Tensor]:
+        return [tensor[indices] for tensor in self.tensors]  # a list, as default_collate makes of (X, y) pairs
+
+
+def as_batch(batch: list[Tensor]) -> list[Tensor]:
+    """DataLoader's collate_fn for TensorBatches, whose __getitems__ has made the batch already."""
+    return batch
+
+
+def loader(
+    dataset: TensorDataset,
+    batch_size: int,
+    *,
+    shuffle: torch.Generator | None = None,
+    resumed: bool = False,
+    num_workers: int = 0,
+    persistent_workers: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over `dataset`. With `shuffle`, the training one: a ResumableLoader whose order that generator
+    decides; `resumed`: its next iter() goes on with an interrupted run."""
+    settings = dict(
+        batch_size=batch_size,
+        collate_fn=as_batch,
+        num_workers=num_workers,
+        worker_init_fn=ignore_interrupts,
+        persistent_workers=persistent_workers,
+        pin_memory=pin_memory,
+    )
+    batches = TensorBatches(*dataset.tensors)
+    if shuffle is None:  # iter() draws the workers' base seed from `generator`
+        return DataLoader(batches, generator=seed_generator(persistent_workers), **settings)
+    if distributed():
+        # Under DDP, Lightning re-creates the training DataLoader with a DistributedSampler in place of this
+        # RandomSampler (Trainer(use_distributed_sampler=True)), shuffled with seed_everything + epoch; the plain
+        # loop does the same. EpochShuffle would be wrapped, not replaced.
+        sampler = RandomSampler(dataset, generator=shuffle)
+    else:
+        sampler = EpochShuffle(len(dataset), shuffle)
+    made = ResumableLoader(batches, sampler=sampler, generator=shuffle, **settings)
+    made.resumed = resumed
+    return made
+
+
+def seed_generator(persistent_workers: bool) -> torch.Generator | None:
+    """Where an evaluation DataLoader's iter() draws its workers' base seed: torch's global RNG (None), as any
+    DataLoader's, unless its workers persist. Those draw once per process, so a resumed run would draw once more
+    than the interrupted run did and shift dropout's masks: they draw from a generator of their own."""
+    return torch.Generator() if persistent_workers else None

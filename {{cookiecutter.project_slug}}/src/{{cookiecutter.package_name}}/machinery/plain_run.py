@@ -1,0 +1,189 @@
+"""What the Trainer does around the plain loop: DDP, resuming, logging, checkpoints, stops, the progress bar.
+
+loop.fit() calls a `PlainRun` at the places where the Trainer does the same work, each call commented
+there with its Lightning counterpart:
+
+    train_model, loader, val_loader = run.distribute(model, loader, val_loader, seed)
+    start_epoch = run.start(model, optimizer, scheduler, data, loader)
+    for epoch in run.progress(range(start_epoch, max_epochs)):
+        run.epoch_start(epoch)
+        ...  run.batch_end(loss, epoch)  after each optimizer step
+        ...  run.epoch_end(epoch, val_loss, val_acc)  after each validation
+
+Nothing here changes a number the loop computes. What matters is where each call sits: the checkpoint is
+written after the scheduler's step and the validation, the random state with it, so that a resumed run
+draws what the interrupted run would have drawn next.
+"""
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torchmetrics import Metric
+from tqdm import tqdm
+
+from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
+from {{ cookiecutter.package_name }}.machinery.checkpoints import atomic_save, rng_state, set_rng_state
+from {{ cookiecutter.package_name }}.machinery.loaders import distributed, with_sampler
+from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest
+
+
+@dataclass
+class PlainRun:
+    """How one run of the plain loop is controlled: where it logs and checkpoints, what it resumes, how it stops."""
+
+    writer: Any  # a SummaryWriter: TensorBoardLogger's; NoWriter on the other processes of a DDP run
+    model_hparams: dict[str, Any]  # the model settings, kept in the checkpoint (the LightningModule's hparams)
+    device: torch.device = torch.device("cpu")
+    progress_bar: bool = True
+    boundary: BoundaryAnimation | None = None  # the DecisionBoundary callback
+    checkpoint: Path | None = None  # last.pt, written at every epoch's end (ModelCheckpoint(save_last=True))
+    resume: dict[str, Any] | None = None  # a checkpoint read back: Trainer.fit(ckpt_path=...)
+    stop: StopRequest | None = None  # Ctrl-C and SIGTERM: the GracefulStop callback
+    step: int = 0  # optimizer steps so far: Trainer.global_step
+
+    def distribute(self, model: nn.Module, loader: DataLoader, val_loader: DataLoader, seed: int):
+        """Trainer(strategy="ddp"), in one of several processes launched by torchrun; else nothing.
+
+        Returns the model that training runs (under DDP its wrapper) and both DataLoaders."""
+        if not distributed():
+            return model, loader, val_loader
+        torch.manual_seed(seed)  # setup_distributed: reset_seed() seeds each process again, after the model
+        train_model = DistributedDataParallel(model)  # wraps the module: backward averages the gradients
+        # use_distributed_sampler=True: both DataLoaders made anew, each process with its share of the points
+        loader = with_sampler(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))
+        val_loader = with_sampler(val_loader, DistributedSampler(val_loader.dataset, shuffle=False, seed=seed))
+        return train_model, loader, val_loader
+
+    def start(self, model, optimizer, scheduler, data, loader) -> int:
+        """Trainer.fit(ckpt_path=...): restore `resume` into the run's objects; the epoch to start at."""
+        self._model, self._optimizer, self._scheduler = model, optimizer, scheduler
+        self._data, self._loader, self._mid_epoch = data, loader, False
+        if self.resume is None:
+            return 0
+        model.load_state_dict(self.resume["model"])  # the checkpoint's "state_dict"
+        optimizer.load_state_dict(self.resume["optimizer"])  # its "optimizer_states"
+        scheduler.load_state_dict(self.resume["scheduler"])  # its "lr_schedulers"
+        data.load_state_dict(self.resume["data"])  # LightningDataModule.load_state_dict
+        loader.load_state_dict(self.resume["loader"])  # the fit loop hands a stateful DataLoader its state
+        set_rng_state(self.resume["rng"])  # ExactResume.on_load_checkpoint
+        self.step = self.resume["step"]  # the fit loop's progress
+        self._mid_epoch = not self.resume["loader"]["epoch_done"]  # stopped by a signal within the epoch
+        return self.resume["epoch"]
+
+    def progress(self, epochs: range) -> Iterable[int]:
+        """The epochs, with a progress bar over all of them: the TQDMProgressBar callback."""
+        if not self.progress_bar:
+            return epochs
+        return tqdm(epochs, initial=epochs.start, total=epochs.stop, desc="fit", unit="epoch")
+
+    def epoch_start(self, epoch: int) -> None:
+        """The fit loop at an epoch's start: DistributedSampler.set_epoch; LearningRateMonitor."""
+        if isinstance(self._loader.sampler, DistributedSampler):
+            self._loader.sampler.set_epoch(epoch)
+        if not self._mid_epoch:  # resuming mid-epoch, Lightning skips on_train_epoch_start: logged already
+            self.writer.add_scalar("train/lr", self._scheduler.get_last_lr()[0], self.step)
+        self._mid_epoch = False
+
+    def batch_end(self, loss: torch.Tensor, epoch: int) -> None:
+        """After the optimizer step: StopOnNonFiniteLoss, self.log("train/loss"), GracefulStop mid-epoch."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError("train/loss", loss.item(), self.step, epoch)
+        self.writer.add_scalar("train/loss", loss.item(), self.step)
+        self.step += 1
+        if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):
+            self._save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
+            raise StoppedBySignal(self.stop.signal, self.step, epoch)
+
+    def epoch_end(self, epoch: int, val_loss: Metric, val_acc: Metric) -> None:
+        """After validation: self.log("val/..."), StopOnNonFiniteLoss, DecisionBoundary, the metrics' reset,
+        ModelCheckpoint(save_last=True), GracefulStop, in the order Lightning runs them."""
+        # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
+        self.writer.add_scalar("val/loss", val_loss.compute().item(), self.step - 1)
+        self.writer.add_scalar("val/acc", val_acc.compute().item(), self.step - 1)
+        if not torch.isfinite(val_loss.compute()):
+            raise NonFiniteLossError("val/loss", val_loss.compute().item(), self.step - 1, epoch)
+        if self.boundary is not None and self.boundary.wants(epoch):
+            X_val, y_val = self._data.val_set.tensors
+            image = self.boundary.frame(self._model, X_val, y_val, epoch, val_acc.compute().item())
+            self.writer.add_image(TAG, image, self.step - 1, dataformats="HWC")
+        val_loss.reset()
+        val_acc.reset()
+        self._save(epoch + 1)
+        if self.stop is not None and self.stop.signal:
+            raise StoppedBySignal(self.stop.signal, self.step, epoch)
+
+    def _save(self, epoch_to_go_on_in: int) -> None:
+        """Trainer.save_checkpoint, through AtomicCheckpointIO; the plain loop's keys for Lightning's."""
+        if self.checkpoint is None:
+            return
+        checkpoint = {
+            "epoch": epoch_to_go_on_in,  # "epoch", "loops": where the fit loop goes on
+            "step": self.step,  # "global_step"
+            "model": self._model.state_dict(),  # "state_dict"
+            "optimizer": self._optimizer.state_dict(),  # "optimizer_states"
+            "scheduler": self._scheduler.state_dict(),  # "lr_schedulers"
+            "data": self._data.state_dict(),  # LightningDataModule.state_dict
+            "loader": self._loader.state_dict(),  # the fit loop's "combined_loader": order and position
+            "rng": rng_state(),  # ExactResume.on_save_checkpoint
+            # "hyper_parameters", "datamodule_hyper_parameters"
+            "hparams": {"model": self.model_hparams, "data": dict(self._data.hparams)},
+        }
+        atomic_save(checkpoint, self.checkpoint)
+        self.writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to here
+
+
+# --- the processes of a run ---
+
+DEVICES = {"auto": None, "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
+
+
+def device_for(accelerator: str) -> torch.device:
+    """The device Trainer(accelerator=...) would pick for one process."""
+    if DEVICES[accelerator]:
+        return torch.device(DEVICES[accelerator])
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ  # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts
+
+
+@contextmanager
+def process_group(accelerator: str) -> Iterator[torch.device]:
+    """The device this process trains on; launched by torchrun, in a process group with the others, as
+    Trainer(strategy="ddp") sets up."""
+    device = device_for(accelerator)
+    if not launched_by_torchrun():
+        yield device
+        return
+    if device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+class NoWriter:
+    """What the other processes of a DDP run log to: nothing, as Lightning's loggers log from rank 0 alone."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def next_version(root: Path) -> Path:
+    """root/version_N with N one past the highest, as Lightning's TensorBoardLogger numbers its runs."""
+    numbers = [p.name.removeprefix("version_") for p in root.glob("version_*")]
+    return root / f"version_{max((int(n) for n in numbers if n.isdigit()), default=-1) + 1}"
