@@ -1,23 +1,24 @@
-"""Train, validate, test or predict with Lightning; configs/default.yaml holds the essay's experiment.
+"""Train, validate, test or predict with Lightning; configs/default.yaml holds the experiment.
 
-python train.py fit                                     # 100 epochs, logs to logs/lightning/version_N
+python train.py fit                              # 100 epochs, logs to logs/lightning/version_N
 python train.py fit --trainer.max_epochs 5 --model.lr 3e-3
-python train.py fit --config configs/smoke.yaml         # default.yaml, then smoke.yaml on top
+python train.py fit --config configs/smoke.yaml  # default.yaml, then smoke.yaml on top
 python train.py test --ckpt_path logs/lightning/version_0/checkpoints/last.ckpt
-python train.py fit --print_config                      # every key, resolved
+python train.py fit --print_config               # every key, resolved
 
 Interrupted runs go on exactly as they would have without the interruption:
 
-python train.py fit --ckpt_path last                    # the newest logs/lightning/version_*/checkpoints/last.ckpt
+python train.py fit --ckpt_path last             # the newest logs/lightning/version_*/.../last.ckpt
 python train.py fit --ckpt_path logs/lightning/version_3/checkpoints/last.ckpt
 
-`last` works for every subcommand. Resuming a fit logs into the checkpoint's own version_N directory, so
-TensorBoard shows one curve. The model's and the data's settings are taken from the checkpoint (and
-trainer.max_epochs from its learning-rate schedule); a flag or config that contradicts them is refused by name.
-Other trainer settings are not in the checkpoint: give the same ones, e.g. with --config <run>/config.yaml.
-Ctrl-C (or SIGTERM) stops after the current batch, writes last.ckpt of exactly that point and prints the command
-that resumes it; a second Ctrl-C stops at once. A NaN or infinite loss stops the run, naming the step, and
-leaves the checkpoints as they were. Checkpoints are written atomically: a kill never leaves a torn one.
+`last` works for every subcommand. Resuming a fit logs into the checkpoint's own version_N
+directory, so TensorBoard shows one curve. The model's and the data's settings are taken from the
+checkpoint (and trainer.max_epochs from its learning-rate schedule); a flag or config that
+contradicts them is refused by name. Other trainer settings are not in the checkpoint: give the
+same ones, e.g. with --config <run>/config.yaml. Ctrl-C (or SIGTERM) stops after the current batch,
+writes last.ckpt of exactly that point and prints the command that resumes it; a second Ctrl-C
+stops at once. A NaN or infinite loss stops the run, naming the step, and leaves the checkpoints as
+they were. Checkpoints are written atomically: a kill never leaves a torn one.
 """
 
 import os
@@ -37,17 +38,18 @@ from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossErro
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")  # each reads DEFAULT_CONFIG first
 
 
 def checkpoint_settings(saved: dict, fitting: bool, classes: int) -> dict[str, dict]:
-    """The settings a Lightning checkpoint was trained with: the model's, and for a fit also the data's and the
-    schedule's length (data.classes decides model.classes, linked, in every subcommand)."""
+    """The settings a Lightning checkpoint was trained with: the model's, and for a fit also the
+    data's and the schedule's length (data.classes decides model.classes in every subcommand)."""
     model = saved["hyper_parameters"]
     data = saved.get("datamodule_hyper_parameters", {}) if fitting else {}
     schedule = (saved.get("lr_schedulers") or [{}])[0]
     trainer = {"max_epochs": schedule["T_max"]} if fitting and "T_max" in schedule else {}
-    return {"model": model, "data": {"classes": model.get("classes", classes), **data}, "trainer": trainer}
+    data = {"classes": model.get("classes", classes), **data}
+    return {"model": model, "data": data, "trainer": trainer}
 
 
 class CLI(LightningCLI):
@@ -57,19 +59,24 @@ class CLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        # Before LightningCLI reads the checkpoint's model settings (and would fail on a bad file with a traceback).
-        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        # Before LightningCLI reads the checkpoint's model settings (a bad file: a traceback).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
         if config.get("ckpt_path"):
             try:
-                self.check_checkpoint(self.config.subcommand, config)
+                self.check_checkpoint(subcommand, config)
             except CheckpointError as error:
                 sys.exit(f"error: {error}")
 
     def check_checkpoint(self, subcommand: str, config: Namespace) -> None:
-        """Resolve `last`, refuse a checkpoint this run cannot use, and let a fit go on in the checkpoint's run."""
+        """Resolve `last`, refuse a checkpoint this run cannot use, and let a fit go on in the
+        checkpoint's run."""
         logger = config.trainer.logger
-        tensorboard = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith("TensorBoardLogger")
-        root = Path(logger.init_args.save_dir, logger.init_args.name or "") if tensorboard else Path("logs/lightning")
+        logger_class = str(logger.get("class_path")) if isinstance(logger, Namespace) else ""
+        tensorboard = logger_class.endswith("TensorBoardLogger")
+        root = Path("logs/lightning")
+        if tensorboard:
+            root = Path(logger.init_args.save_dir, logger.init_args.name or "")
         fitting = subcommand == "fit"
         checkpoint, run = adopt_checkpoint(
             config,
@@ -79,7 +86,7 @@ class CLI(LightningCLI):
             lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
         )
         if fitting and run is not None and tensorboard:
-            # Go on in the run's own TensorBoard directory, where the steps after the checkpoint are written anew.
+            # Go on in the run's own TensorBoard directory; the steps after the checkpoint anew.
             logger.init_args.version = run.name
             logger.init_args.purge_step = checkpoint["global_step"]
             if (run / "config.yaml").is_file():
@@ -87,18 +94,23 @@ class CLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        # Lightning takes 0 (train nothing) and -1 (forever); the cosine schedule needs T_max = max_epochs >= 1.
+        # Lightning takes 0 (train nothing) and -1 (forever); the cosine schedule needs T_max >= 1.
         max_epochs = config.trainer.max_epochs
         if not isinstance(max_epochs, int) or max_epochs < 1:
-            print(f"error: trainer.max_epochs must be a positive integer, got {max_epochs!r}", file=sys.stderr)
+            error = f"error: trainer.max_epochs must be a positive integer, got {max_epochs!r}"
+            print(error, file=sys.stderr)
             sys.exit(2)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.trainer
         if trainer.enable_progress_bar is False:
-            # The Trainer refuses enable_progress_bar=False beside a progress bar in callbacks (default.yaml has one).
-            callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
-            kwargs.setdefault("callbacks", [c for c in callbacks if c and not isinstance(c, ProgressBar)])
+            # The Trainer refuses enable_progress_bar=False beside a progress bar in its callbacks
+            # (default.yaml has one).
+            callbacks = trainer.callbacks
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            kept = [c for c in callbacks if c and not isinstance(c, ProgressBar)]
+            kwargs.setdefault("callbacks", kept)
         return super().instantiate_trainer(**kwargs)
 
 
@@ -107,13 +119,14 @@ def main(args: list[str] | None = None) -> CLI:
         return CLI(
             SpiralClassifier,
             SpiralDataModule,
-            parser_kwargs={command: {"default_config_files": [str(DEFAULT_CONFIG)]} for command in SUBCOMMANDS},
+            parser_kwargs={c: {"default_config_files": [str(DEFAULT_CONFIG)]} for c in SUBCOMMANDS},
             args=args,
         )
     except (DataError, CheckpointError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
     finally:
-        if torch.distributed.is_initialized():  # under DDP: left to the exit, its threads may abort the process
+        # Under DDP: a process group left to the exit may abort the process from its threads.
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

@@ -1,23 +1,25 @@
-"""Run the plain PyTorch loop (src/{{ cookiecutter.package_name }}/loop.py) on the same config as train.py.
+"""Run the plain PyTorch loop (loop.py) on the same config as train.py.
 
-    python train_torch.py                                   # configs/default.yaml, logs to logs/torch/version_N
+    python train_torch.py                     # configs/default.yaml, logs to logs/torch/version_N
     python train_torch.py --trainer.max_epochs 5 --model.lr 3e-3
     python train_torch.py --config configs/smoke.yaml
-    python train_torch.py --ckpt_path last                  # the newest logs/torch/version_*/checkpoints/last.pt
-    torchrun --standalone --nproc_per_node 2 train_torch.py # DDP in two processes, as train.py's --trainer.strategy ddp
+    python train_torch.py --ckpt_path last    # the newest logs/torch/version_*/checkpoints/last.pt
+    torchrun --standalone --nproc_per_node 2 train_torch.py   # DDP, as --trainer.strategy ddp
 
-It reads the keys train.py reads (seed_everything, model.*, data.*, trainer.*) and refuses a trainer
-setting that would change what Lightning computes but the plain loop does not implement.
+It reads the keys train.py reads (seed_everything, model.*, data.*, trainer.*) and refuses a
+trainer setting that would change what Lightning computes but the plain loop does not implement.
 
-It writes checkpoints/last.pt at the end of every epoch, atomically. `--ckpt_path` goes on from one exactly as the
-run would have gone on, in the run's own log directory; the model's and the data's settings and trainer.max_epochs
-are taken from the checkpoint, and a flag that contradicts them is refused by name. Ctrl-C or SIGTERM finishes the
-batch, writes last.pt of exactly that point (mid-epoch too), says how to resume and exits with 130 or 143; a second
-Ctrl-C stops at once. A NaN or infinite loss stops the run, naming the step, and leaves the checkpoint as it was.
+It writes checkpoints/last.pt at the end of every epoch, atomically. `--ckpt_path` goes on from one
+exactly as the run would have gone on, in the run's own log directory; the model's and the data's
+settings and trainer.max_epochs are taken from the checkpoint, and a flag that contradicts them is
+refused by name. Ctrl-C or SIGTERM finishes the batch, writes last.pt of exactly that point
+(mid-epoch too), says how to resume and exits with 130 or 143; a second Ctrl-C stops at once. A NaN
+or infinite loss stops the run, naming the step, and leaves the checkpoint as it was.
 
-Launched by torchrun, each process joins a process group (gloo, or nccl on GPUs) and trains on its share of the data
-(loop.py); rank 0 alone logs, draws the animation and writes checkpoints, at the end of each epoch. A signal then
-stops the processes at once: the run goes on from the last epoch's checkpoint.
+Launched by torchrun, each process joins a process group (gloo, or nccl on GPUs) and trains on its
+share of the data; rank 0 alone logs, draws the animation and writes checkpoints, at the end of
+each epoch. A signal then stops the processes at once: the run goes on from the last epoch's
+checkpoint.
 """
 
 import os
@@ -64,17 +66,20 @@ PLAIN_LOOP_TRAINER = {
 
 def parse(args: list[str] | None = None):
     parser = ArgumentParser(default_config_files=[str(DEFAULT_CONFIG)], description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="A config file on top of configs/default.yaml.")
+    on_top = "A config file on top of configs/default.yaml."
+    parser.add_argument("--config", action=ActionConfigFile, help=on_top)
     parser.add_argument("--seed_everything", type=int, required=True)
     parser.add_class_arguments(SpiralClassifier, "model")
     parser.add_class_arguments(SpiralDataModule, "data")
-    parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
+    untyped = dict(fail_untyped=False, instantiate=False, sub_configs=True)
+    parser.add_class_arguments(Trainer, "trainer", **untyped)
     parser.add_class_arguments(BoundaryAnimation, "boundary")
-    parser.add_argument("--ckpt_path", type=str | None, default=None, help="last.pt to go on from, or `last`.")
+    resume = "last.pt to go on from, or `last`."
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help=resume)
     parser.link_arguments("data.classes", "model.classes")
     config = parser.parse_args(args)
-    # The checkpoint keeps model.* and data.*, and torch.load(weights_only=True) refuses jsonargparse's checked
-    # numbers (PositiveInt, ...) in it: plain ones from here on.
+    # The checkpoint keeps model.* and data.*, and torch.load(weights_only=True) refuses
+    # jsonargparse's checked numbers (PositiveInt, ...) in it: plain ones from here on.
     for section in ("model", "data"):
         for key, value in vars(config[section]).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -82,20 +87,24 @@ def parse(args: list[str] | None = None):
     trainer = config.trainer
     for key, allowed in PLAIN_LOOP_TRAINER.items():
         if trainer[key] not in allowed:
-            parser.error(
-                f"trainer.{key}={trainer[key]!r} is not implemented by the plain loop (it does {allowed}); use train.py"
-            )
-    if not isinstance(trainer.max_epochs, int) or trainer.max_epochs < 1:
-        parser.error(f"trainer.max_epochs must be a positive integer for the plain loop, got {trainer.max_epochs!r}")
+            refused = f"is not implemented by the plain loop (it does {allowed}); use train.py"
+            parser.error(f"trainer.{key}={trainer[key]!r} {refused}")
+    max_epochs = trainer.max_epochs
+    if not isinstance(max_epochs, int) or max_epochs < 1:
+        refused = "must be a positive integer for the plain loop"
+        parser.error(f"trainer.max_epochs {refused}, got {max_epochs!r}")
     if trainer.accelerator not in DEVICES:
-        parser.error(f"trainer.accelerator={trainer.accelerator!r}: the plain loop runs on one of {list(DEVICES)}")
+        refused = f"the plain loop runs on one of {list(DEVICES)}"
+        parser.error(f"trainer.accelerator={trainer.accelerator!r}: {refused}")
     if not str(getattr(trainer.logger, "class_path", "")).endswith("TensorBoardLogger"):
-        parser.error("train_torch.py logs where trainer.logger, a TensorBoardLogger, does; the config has none")
+        refused = "logs where trainer.logger, a TensorBoardLogger, does; the config has none"
+        parser.error(f"train_torch.py {refused}")
     return parser, config
 
 
 def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
-    """The checkpoint `--ckpt_path` names and the run directory to go on in; config takes the run's settings."""
+    """The checkpoint `--ckpt_path` names and the run directory to go on in; config takes the
+    run's settings."""
     checkpoint, run = adopt_checkpoint(
         config,
         parser.get_defaults(),
@@ -111,21 +120,24 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
     parser, config = parse(args)
     root = Path(config.trainer.logger.init_args.save_dir) / "torch"
     try:
-        resume, log_dir = resume_from(parser, config, root) if config.ckpt_path else (None, next_version(root))
+        resume, log_dir = None, next_version(root)
+        if config.ckpt_path:
+            resume, log_dir = resume_from(parser, config, root)
         data = SpiralDataModule(**config.data)
         data.setup("fit")  # fails on a bad data file before anything is written
     except (DataError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    # The only process, or torchrun's rank 0: it alone logs and writes checkpoints, as Lightning's loggers
-    # (rank_zero_only) and Trainer.save_checkpoint (strategy.is_global_zero) do.
+    # The only process, or torchrun's rank 0: it alone logs and writes checkpoints, as Lightning's
+    # loggers (rank_zero_only) and Trainer.save_checkpoint (strategy.is_global_zero) do.
     lead = int(os.environ.get("RANK", 0)) == 0
     if lead:
         log_dir.mkdir(parents=True, exist_ok=resume is not None)
-        if not (log_dir / "config.yaml").exists():  # a resumed run keeps the config.yaml it started with
+        if not (log_dir / "config.yaml").exists():  # a resumed run keeps the one it started with
             parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
-    stop = None if launched_by_torchrun() else StopRequest()  # under torchrun, a signal stops every process
+    # Under torchrun, a signal stops every process at once.
+    stop = None if launched_by_torchrun() else StopRequest()
     previous = stop.listen() if stop is not None else {}
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
     if stop is None:  # torchrun's processes
@@ -137,8 +149,11 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         gradient_clip_val=config.trainer.gradient_clip_val,
     )
     try:
-        # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
-        writing = SummaryWriter(log_dir, purge_step=resume and resume["step"]) if lead else nullcontext(NoWriter())
+        # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this
+        # run logs it anew.
+        writing = nullcontext(NoWriter())
+        if lead:
+            writing = SummaryWriter(log_dir, purge_step=resume and resume["step"])
         with process_group(config.trainer.accelerator) as device, writing as writer:
             run = PlainRun(
                 writer=writer,
@@ -151,17 +166,18 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
                 stop=stop,
             )
             trained = fit(data, hp, run)
-    except (NonFiniteLossError, CheckpointError) as error:  # CheckpointError: a mid-epoch checkpoint under torchrun
+    # CheckpointError: a mid-epoch checkpoint under torchrun.
+    except (NonFiniteLossError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
-        print(
-            f"{stopped.signal.name}: saved {checkpoint} at step {stopped.step} (epoch {stopped.epoch});"
-            f" resume with: {command}",
-            file=sys.stderr,
-        )
+        where = f"step {stopped.step} (epoch {stopped.epoch})"
+        said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
+        print(said, file=sys.stderr)
         sys.exit(128 + stopped.signal)
     except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C under torchrun
-        said = f"resume from the last checkpoint with: {command}" if checkpoint.exists() else "no checkpoint yet"
+        said = "no checkpoint yet"
+        if checkpoint.exists():
+            said = f"resume from the last checkpoint with: {command}"
         if lead:
             print(f"SIGINT: stopped at once; {said}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)

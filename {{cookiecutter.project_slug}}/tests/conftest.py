@@ -29,6 +29,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 # Flags both entry points take to run quietly; tests add their own log directory.
 QUIET = ["--trainer.enable_progress_bar=false"]
+LIGHTNING = ["--trainer.enable_model_summary=false"]  # Lightning's alone: the plain loop prints no summary
 SMALL = ["--trainer.max_epochs=3", "--data.points_per_class=200"]
 # 90 training points in batches of 32: 3 steps an epoch, 12 in all.
 TINY = [
@@ -38,6 +39,15 @@ TINY = [
     "--data.batch_size=32",
     "--boundary.every_n_epochs=0",
 ]
+
+
+def fit(side: str, args: list[str]):
+    """The real entry point of one side, `lightning` or `torch`, in this process: `train.main(["fit", ...])`
+    (without the model summary, which the plain loop does not print) or `train_torch.main`."""
+    import train  # the project's root, on sys.path since above
+    import train_torch
+
+    return train.main(["fit", *LIGHTNING, *args]) if side == "lightning" else train_torch.main(args)
 
 
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

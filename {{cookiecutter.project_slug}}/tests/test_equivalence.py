@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
 import train_torch
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
-from conftest import QUIET, SMALL, differences, event_scalars, run
+from conftest import QUIET, SMALL, differences, event_scalars, fit, run
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 
@@ -26,9 +25,7 @@ TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 def train_both(tmp_path: Path, written, *flags: str):
     """Run both loops on the same flags; return (Lightning CLI, plain (model, optimizer, scheduler))."""
     args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *flags]
-    cli = train.main(["fit", *args, "--trainer.enable_model_summary=false"])
-    plain = train_torch.main(args)
-    return cli, plain
+    return fit("lightning", args), fit("torch", args)
 
 
 def series(written, side: str, tag: str) -> tuple[list[int], torch.Tensor]:
@@ -158,7 +155,7 @@ def test_variations_change_the_run(tmp_path, written, spiral_csv):
     for name in ["base", "dropout", "no partial last batch", "another seed", "a CSV file", "clipping at 0.05"]:
         flags = [flag.format(csv=spiral_csv) for flag in VARIATIONS.get(name, [])]
         run_dir = tmp_path / name.replace(" ", "_")
-        train_torch.main([*QUIET, f"--trainer.logger.init_args.save_dir={run_dir}", *SMALL, *flags])
+        fit("torch", [*QUIET, f"--trainer.logger.init_args.save_dir={run_dir}", *SMALL, *flags])
         losses[name] = [value for _, value in written["torch"].pop("train/loss")]
     for name, values in losses.items():
         assert name == "base" or values != losses["base"], name

@@ -17,7 +17,6 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-import train_torch
 from {{ cookiecutter.package_name }} import data, loop, module
 from {{ cookiecutter.package_name }}.hookmap import (
     COMMUTING,
@@ -33,10 +32,8 @@ from {{ cookiecutter.package_name }}.machinery import plain_run
 from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import QUIET, ROOT
+from conftest import ROOT, TINY, fit
 
-# 90 training points: batches of 64 and 26; no animation (its forward runs in a callback, not a module hook).
-TINY = ["--trainer.max_epochs=2", "--data.points_per_class=50", "--boundary.every_n_epochs=0"]
 HOOKS = (
     "configure_optimizers",
     "training_step",
@@ -137,11 +134,12 @@ def as_plain_loop(events: list[tuple[str, str | None]]) -> tuple[list[str], Coun
 @pytest.fixture
 def recorded(recorder, monkeypatch, tmp_path) -> tuple[list, list]:
     """(event, hook) pairs of a Lightning run, then of the plain loop, on the same tiny config."""
-    args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY]
+    # conftest's TINY run draws no animation: its forward runs in a callback, not a module hook.
+    args = [f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY]
     monkeypatch.setattr(train, "SpiralClassifier", in_hooks(recorder))
-    train.main(["fit", *args, "--trainer.enable_model_summary=false"])
+    fit("lightning", args)
     lightning = recorder.take()
-    train_torch.main(args)
+    fit("torch", args)
     return lightning, recorder.take()
 
 
@@ -151,10 +149,11 @@ def test_both_loops_do_the_same_things_in_the_same_order_but_for_the_listed_diff
     normalised, applied = as_plain_loop(lightning)
     assert normalised == plain_events
     assert set(applied) == set(COMMUTING), "every listed difference must really occur"
-    # Per epoch: zero_grad, forward, backward, clip, step for each of 2 batches; scheduler step; 1 validation batch.
+    # TINY: 4 epochs of zero_grad, forward, backward, clip, step for each of 3 batches; the scheduler's step;
+    # 1 validation batch.
     batch = ["zero_grad", TRAIN_FORWARD, "backward", "clip_grad_norm_", "optimizer.step"]
-    epoch = [*batch, *batch, "scheduler.step", VAL_FORWARD]
-    assert plain_events == ["scheduler.step", *epoch, *epoch]  # the first: the scheduler's constructor
+    epoch = [*batch * 3, "scheduler.step", VAL_FORWARD]
+    assert plain_events == ["scheduler.step", *epoch * 4]  # the first: the scheduler's constructor
 
 
 def test_every_lightning_event_runs_in_the_hook_the_table_names(recorded):
@@ -210,3 +209,14 @@ def test_the_readme_shows_the_table_as_it_is():
 
 def test_the_side_by_side_page_is_current():
     assert (ROOT / "docs" / "side_by_side.md").read_text().strip() == side_by_side().strip()
+
+
+@pytest.mark.parametrize(
+    "path", [Path(loop.__file__), Path(module.__file__), ROOT / "train.py", ROOT / "train_torch.py"]
+)
+def test_the_files_read_side_by_side_fit_in_100_columns(path):
+    """Two of them side by side on one screen. Imports are left out: they carry the package's name."""
+    wide = [
+        line for line in path.read_text().splitlines() if len(line) > 100 and not line.startswith(("from ", "import "))
+    ]
+    assert wide == []

@@ -16,18 +16,17 @@ import torch
 from torch import nn
 
 import train
-import train_torch
 from {{ cookiecutter.package_name }}.machinery.checkpoints import AtomicCheckpointIO, CheckpointError, atomic_save
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import TINY, run
+from conftest import TINY, fit, run
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
 MAINS = {
-    "train.py fit": lambda args: train.main(["fit", "--trainer.enable_model_summary=false", *args]),
-    "train_torch.py": train_torch.main,
+    "train.py fit": lambda args: fit("lightning", args),
+    "train_torch.py": lambda args: fit("torch", args),
 }
 CHECKPOINTS = {
     "train.py fit": "logs/lightning/version_0/checkpoints/last.ckpt",

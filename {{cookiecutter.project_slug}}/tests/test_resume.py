@@ -19,10 +19,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import train
-import train_torch
-
-from conftest import ENV, QUIET, ROOT, ctrl_c, differences, event_scalars
+from conftest import ENV, LIGHTNING, QUIET, ROOT, ctrl_c, differences, event_scalars, fit
 from conftest import TINY as TINY_RUN
 
 # In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
@@ -30,7 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:Us
 
 # conftest's 4-epoch run, with dropout on.
 TINY = [*TINY_RUN, "--model.dropout=0.3"]
-LIGHTNING = ["--trainer.enable_model_summary=false"]
 # For the kill tests: the default 1800 training points, 29 steps an epoch, 348 in all: seconds to kill in.
 LONGER = [*QUIET, "--trainer.max_epochs=12", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
 WORKERS = ["--data.num_workers=2", "--data.persistent_workers=true"]
@@ -55,10 +51,6 @@ def mismatches(run: tuple[dict, dict], reference: tuple[dict, dict]) -> list[str
     found = differences(checkpoint, expected_checkpoint, skip=SKIP)
     found += [f"scalars {tag}" for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]]
     return found + [f"scalars {tag} extra" for tag in scalars.keys() - expected_scalars.keys()]
-
-
-def fit(side: str, args: list[str]):
-    return train.main(["fit", *LIGHTNING, *args]) if side == "lightning" else train_torch.main(args)
 
 
 _references = {}

@@ -34,9 +34,10 @@ LOOP = (
         "`seed_everything` (LightningCLI), before the model is built",
         "after `MLP(...)`, the initial weights come from an unseeded generator",
         "seed_everything: 0",
+        essay=False,
     ),
     Row("device = run.device", "`Trainer(accelerator=...)`", essay=False),
-    Row('data.setup("fit")', "`LightningDataModule.setup`", code="def setup(self, stage: str) -> None:"),
+    Row('data.setup("fit")', "`LightningDataModule.setup`", code="def setup(self, stage: str) -> None:", essay=False),
     Row(
         "loader = data.train_dataloader()",
         "`LightningDataModule.train_dataloader`",
@@ -47,6 +48,7 @@ LOOP = (
         "val_loader = data.val_dataloader()",
         "`LightningDataModule.val_dataloader`",
         code="def val_dataloader(self) -> DataLoader:",
+        essay=False,
     ),
     Row(
         "model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)",
@@ -67,11 +69,13 @@ LOOP = (
         "`LightningModule.__init__`; the Trainer moves it with the module",
         "a plain mean of the batch losses would weigh a smaller last batch like a full one",
         "self.val_loss = MeanMetric()",
+        essay=False,
     ),
     Row(
         'val_acc = MulticlassAccuracy(hp.classes, average="micro").to(device)',
         "`LightningModule.__init__`",
         code='self.val_acc = MulticlassAccuracy(classes, average="micro")',
+        essay=False,
     ),
     Row(
         "optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)",
@@ -132,6 +136,7 @@ LOOP = (
         "if hp.gradient_clip_val is not None:",
         "`Trainer(gradient_clip_val=...)`",
         code="gradient_clip_val: 1.0",
+        essay=False,
     ),
     Row(
         "torch.nn.utils.clip_grad_norm_(model.parameters(), hp.gradient_clip_val)",
@@ -145,6 +150,7 @@ LOOP = (
         f'`self.log("train/loss", loss)`; callbacks\' `on_train_batch_end`: NaN stop, Ctrl-C ({SPAN})',
         "logging `loss` instead of `loss.item()` keeps every step's graph alive",
         'self.log("train/loss", loss, prog_bar=True)',
+        essay=False,
     ),
     Row(
         "scheduler.step()",
@@ -178,7 +184,12 @@ LOOP = (
         "`validation_step`",
         code="self.val_loss.update(self.criterion(val_logits, y_val), weight=len(y_val))",
     ),
-    Row("val_acc.update(val_logits, y_val)", "`validation_step`", code="self.val_acc.update(val_logits, y_val)"),
+    Row(
+        "val_acc.update(val_logits, y_val)",
+        "`validation_step`",
+        code="self.val_acc.update(val_logits, y_val)",
+        essay=False,
+    ),
     Row(
         "run.epoch_end(epoch, val_loss, val_acc)",
         "`self.log` of the epoch metrics; callbacks' `on_validation_end` and `on_train_epoch_end`: "

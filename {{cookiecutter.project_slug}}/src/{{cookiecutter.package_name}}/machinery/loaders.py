@@ -53,7 +53,7 @@ class ResumableLoader(DataLoader):
     """The training DataLoader, able to stop between two batches and go on from there in a new process.
 
     Its state is the epoch's order and how many batches it has handed out. Lightning saves it in every checkpoint
-    and, resuming mid-epoch, loads it back before iterating (a "stateful" DataLoader); loop.py does the same.
+    and, resuming mid-epoch, loads it back before iterating (a "stateful" DataLoader); plain_run.py does the same.
     The generator's state, which decides the epochs still to come, is SpiralDataModule's.
     """
 

@@ -30,7 +30,7 @@ class StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM only note that a stop was asked for; the loop stops where it can go on from.
 
     Python's own SIGINT handler raises KeyboardInterrupt wherever the program is, in the middle of Adam's update
-    too. Here the first signal sets `signal`, and the loop (loop.py, or GracefulStop for Lightning) stops after the
+    too. Here the first signal sets `signal`, and the loop (plain_run.py, or GracefulStop for Lightning) stops after the
     batch; a second Ctrl-C raises KeyboardInterrupt at once.
     """
 
