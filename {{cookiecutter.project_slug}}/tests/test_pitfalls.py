@@ -1,7 +1,7 @@
 """The pitfalls lab's evidence, asserted: each moved line shows its symptom, and the correct loop does not.
 
 Every check runs on both loops, so each test fails if the symptom is gone or if the correct loop shows it too.
-The runs are pitfalls.QUICK's (600 points, 4 epochs, clipping at 0.05 so that it bites), each variant trained once.
+The runs are pitfalls_lab.QUICK's (600 points, 4 epochs, clipping at 0.05 so that it bites), each variant trained once.
 """
 
 import math
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import pitfalls
+from {{ cookiecutter.package_name }} import pitfalls, pitfalls_lab
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
-from {{ cookiecutter.package_name }}.pitfalls import QUICK, Lab, identical
+from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, Lab, Run, graph_nodes, identical
+from {{ cookiecutter.package_name }}.pitfalls_rows import INTRO, ROWS, cells
 
 ROOT = Path(__file__).resolve().parents[1]
 S = QUICK
@@ -28,34 +29,34 @@ def lab() -> Lab:
     return Lab(S)
 
 
-def moved(lab: Lab, line: str, place: str | None, **switches) -> pitfalls.Run:
+def moved(lab: Lab, line: str, place: str | None, **switches) -> Run:
     return lab.run({line: place}, **switches)
 
 
-def first_epoch(values: torch.Tensor, run: pitfalls.Run) -> torch.Tensor:
+def first_epoch(values: torch.Tensor, run: Run) -> torch.Tensor:
     return values[: run.steps_per_epoch]
 
 
-def later_epochs(values: torch.Tensor, run: pitfalls.Run) -> torch.Tensor:
+def later_epochs(values: torch.Tensor, run: Run) -> torch.Tensor:
     return values[run.steps_per_epoch :]
 
 
-# --- 1: model.to(dtype) after the optimiser ---
+# --- 1: model.to(dtype) after the optimizer ---
 
 
-def test_a_dtype_change_after_the_optimiser_changes_nothing_by_default(lab):
+def test_a_dtype_change_after_the_optimizer_changes_nothing_by_default(lab):
     correct = lab.run(dtype=torch.float64)
-    late = moved(lab, "model.to(dtype)", "after the optimiser", dtype=torch.float64)
+    late = moved(lab, "model.to(dtype)", "after the optimizer", dtype=torch.float64)
     assert late.params["net.0.weight"].dtype == torch.float64
-    assert late.optimiser_has_model_params and correct.optimiser_has_model_params
+    assert late.optimizer_has_model_params and correct.optimizer_has_model_params
     assert identical(correct, late)
 
 
-def test_with_the_overwrite_flag_the_optimiser_updates_discarded_parameters(lab):
+def test_with_the_overwrite_flag_the_optimizer_updates_discarded_parameters(lab):
     correct = lab.run(dtype=torch.float64, overwrite=True)
-    late = moved(lab, "model.to(dtype)", "after the optimiser", dtype=torch.float64, overwrite=True)
-    assert correct.optimiser_has_model_params and correct.change > 0
-    assert not late.optimiser_has_model_params and late.change == 0
+    late = moved(lab, "model.to(dtype)", "after the optimizer", dtype=torch.float64, overwrite=True)
+    assert correct.optimizer_has_model_params and correct.change > 0
+    assert not late.optimizer_has_model_params and late.change == 0
     assert torch.equal(late.val_losses, late.val_losses[:1].expand(S.epochs))  # the model never changed
     assert not torch.__future__.get_overwrite_module_params_on_conversion()  # the lab restored torch's default
 
@@ -64,7 +65,7 @@ def test_with_the_overwrite_flag_the_optimiser_updates_discarded_parameters(lab)
 
 
 def test_without_zero_grad_gradients_pile_up(lab):
-    correct, left_out = lab.run(), moved(lab, "optimiser.zero_grad()", None)
+    correct, left_out = lab.run(), moved(lab, "optimizer.zero_grad()", None)
     assert not correct.leftover.any()  # .grad empty at every backward
     assert (left_out.leftover[1:] > 0).all()  # every backward after the first adds to what is there
     assert not torch.equal(correct.losses, left_out.losses)
@@ -78,17 +79,17 @@ def test_the_update_uses_the_sum_of_the_batches_gradients():
     alone = [torch.autograd.grad(criterion(model(X), y), model.parameters()) for X, y in batches]
     for X, y in batches:
         criterion(model(X), y).backward()
-    assert all(torch.equal(p.grad, a + b) for p, a, b in zip(model.parameters(), *alone))
+    assert all(torch.equal(p.grad, a + b) for p, a, b in zip(model.parameters(), *alone, strict=True))
 
 
 def test_zero_grad_between_backward_and_step_stops_training(lab):
-    correct, wiped = lab.run(), moved(lab, "optimiser.zero_grad()", "after loss.backward()")
+    correct, wiped = lab.run(), moved(lab, "optimizer.zero_grad()", "after loss.backward()")
     assert (correct.applied > 0).all() and correct.change > 0
     assert not wiped.applied.any() and wiped.change == 0
 
 
 def test_zero_grad_after_step_is_harmless(lab):
-    assert identical(lab.run(), moved(lab, "optimiser.zero_grad()", "after optimiser.step()"))
+    assert identical(lab.run(), moved(lab, "optimizer.zero_grad()", "after optimizer.step()"))
 
 
 # --- 3, 4: clip_grad_norm_ before backward, after step ---
@@ -110,7 +111,7 @@ def test_clipping_before_backward_does_nothing(lab):
 
 
 def test_clipping_after_step_equals_no_clipping_bit_for_bit(lab):
-    late, unclipped = moved(lab, "clip_grad_norm_()", "after optimiser.step()"), moved(lab, "clip_grad_norm_()", None)
+    late, unclipped = moved(lab, "clip_grad_norm_()", "after optimizer.step()"), moved(lab, "clip_grad_norm_()", None)
     assert late.clip_saw.max() > S.clip  # it did clip, too late
     assert identical(late, unclipped)
 
@@ -123,7 +124,7 @@ def cosine(step: int) -> float:
 
 
 def test_scheduler_step_in_the_batch_loop_decays_every_batch(lab):
-    correct, per_batch = lab.run(), moved(lab, "scheduler.step()", "after optimiser.step()")
+    correct, per_batch = lab.run(), moved(lab, "scheduler.step()", "after optimizer.step()")
     epoch = torch.arange(len(correct.lrs)) // correct.steps_per_epoch
     expected_per_epoch = torch.tensor([cosine(e) for e in epoch.tolist()], dtype=torch.float64)
     expected_per_batch = torch.tensor([cosine(i) for i in range(len(correct.lrs))], dtype=torch.float64)
@@ -177,7 +178,7 @@ def test_logging_the_loss_tensor_keeps_every_steps_graph(lab):
 def test_graph_nodes_grow_with_the_steps_logged():
     x = torch.ones(3, requires_grad=True)
     logged = [(x * i).sum() for i in range(1, 6)]
-    assert pitfalls.graph_nodes(logged[:1]) < pitfalls.graph_nodes(logged) and pitfalls.graph_nodes([1.0]) == 0
+    assert graph_nodes(logged[:1]) < graph_nodes(logged) and graph_nodes([1.0]) == 0
 
 
 # --- 9: the global RNG and the validation DataLoader; 9b: RandomSampler's extra permutation ---
@@ -187,7 +188,7 @@ def test_a_validation_dataloader_shifts_a_generatorless_shuffle_from_epoch_2(lab
     on_tensor = lab.run(loader_generator=False, validate_on="tensor")
     on_loader = lab.run(loader_generator=False, validate_on="loader")
     assert torch.equal(first_epoch(on_tensor.losses, on_tensor), first_epoch(on_loader.losses, on_loader))
-    assert pitfalls.equal_steps(on_tensor.losses, on_loader.losses) == on_tensor.steps_per_epoch
+    assert pitfalls_lab.equal_steps(on_tensor.losses, on_loader.losses) == on_tensor.steps_per_epoch
 
 
 def test_its_own_generator_makes_the_two_loops_identical(lab):
@@ -197,7 +198,7 @@ def test_its_own_generator_makes_the_two_loops_identical(lab):
 
 
 def orders(loader, stop_at_len: bool) -> list[torch.Tensor]:
-    return pitfalls.shuffle_orders(loader, 3, stop_at_len)
+    return pitfalls_lab.shuffle_orders(loader, 3, stop_at_len)
 
 
 def test_random_sampler_past_its_end_shuffles_later_epochs_differently():
@@ -207,7 +208,7 @@ def test_random_sampler_past_its_end_shuffles_later_epochs_differently():
         )
 
     plain, stopped = orders(loader(), False), orders(loader(), True)
-    assert [torch.equal(a, b) for a, b in zip(plain, stopped)] == [True, False, False]
+    assert [torch.equal(a, b) for a, b in zip(plain, stopped, strict=True)] == [True, False, False]
 
 
 def test_the_projects_training_loader_agrees_either_way():
@@ -221,14 +222,14 @@ def test_the_projects_training_loader_agrees_either_way():
         dl = loader()
         return [torch.cat([X for X, _ in (islice(dl, len(dl)) if stop_at_len else dl)]) for _ in range(3)]
 
-    assert all(torch.equal(a, b) for a, b in zip(order(False), order(True)))
+    assert all(torch.equal(a, b) for a, b in zip(order(False), order(True), strict=True))
 
 
 # --- 10: lines that commute ---
 
 
 @pytest.mark.parametrize(
-    "line, place", [("scheduler.step()", "after validation"), ("optimiser.zero_grad()", "after the forward")]
+    "line, place", [("scheduler.step()", "after validation"), ("optimizer.zero_grad()", "after the forward")]
 )
 def test_lines_you_may_move_change_nothing(lab, line, place):
     assert identical(lab.run(), moved(lab, line, place))
@@ -239,7 +240,7 @@ def test_lines_you_may_move_change_nothing(lab, line, place):
 
 def test_a_misspelt_place_is_refused():
     with pytest.raises(ValueError, match="cannot put"):
-        pitfalls.train(S, {"clip_grad_norm_()": "after backward"})
+        pitfalls_lab.train(S, {"clip_grad_norm_()": "after backward"})
 
 
 EXPECTED = {
@@ -263,8 +264,9 @@ EXPECTED = {
 
 
 def test_every_row_reports_what_was_measured(lab):
-    findings = [row(lab) for row in pitfalls.ROWS]
-    assert {f.number: f.verdict[: len(EXPECTED[f.number])] for f in findings} == EXPECTED
+    assert list(pitfalls.MEASURE) == [row.number for row in ROWS] == list(EXPECTED)
+    verdicts = {row.number: pitfalls.MEASURE[row.number](lab).verdict for row in ROWS}
+    assert {number: verdict[: len(EXPECTED[number])] for number, verdict in verdicts.items()} == EXPECTED
 
 
 def test_the_lab_runs_as_a_module(tmp_path):
@@ -277,9 +279,29 @@ def test_the_lab_runs_as_a_module(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    table = out.read_text()
+    written = out.read_text()
+    assert written.startswith(INTRO)
+    table = written.removeprefix(INTRO)
     assert table.strip() in result.stdout and str(out) in result.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(EXPECTED)
     for line in ["model.to", "zero_grad", "clip_grad_norm_", "scheduler.step", "model.train", "no_grad", "loss.item()"]:
         assert line in table
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each row of a Markdown table in `text`, the header and its rule left out."""
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| # |")]
+    return [row.removeprefix("| ").removesuffix(" |").split(" | ") for row in rows]
+
+
+def test_the_docs_page_says_what_the_rows_say():
+    """docs/pitfalls.md is the page the lab writes: its intro, and the static cells of every row, in order."""
+    text = (ROOT / "docs" / "pitfalls.md").read_text()
+    assert text == pitfalls.page(text.removeprefix(INTRO).strip("\n"))
+    settings_line = text.removeprefix(INTRO).strip("\n").splitlines()[0]
+    assert settings_line.split("; ", 1)[1] == pitfalls.described(FULL)
+    rows = table_rows(text)
+    assert all(len(row) == 7 for row in rows)
+    static = [(number, line, moved, claim, guard) for number, line, moved, _, claim, _, guard in rows]
+    assert static == [cells(row, FULL) for row in ROWS]
