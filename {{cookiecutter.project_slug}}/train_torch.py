@@ -45,7 +45,11 @@ from {{ cookiecutter.package_name }}.machinery.plain_run import (
     next_version,
     process_group,
 )
-from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest
+from {{ cookiecutter.package_name }}.machinery.stopping import (
+    NonFiniteLossError,
+    StoppedBySignal,
+    StopRequest,
+)
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"

@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 import train
-from {{ cookiecutter.package_name }}.machinery.checkpoints import AtomicCheckpointIO, CheckpointError, atomic_save
+from {{ cookiecutter.package_name }}.machinery.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    atomic_save,
+)
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 from conftest import TINY, fit, run

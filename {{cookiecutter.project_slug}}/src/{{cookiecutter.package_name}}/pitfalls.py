@@ -25,7 +25,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from {{ cookiecutter.package_name }}.machinery.loaders import EpochShuffle
-from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, Lab, Run, Settings, equal_steps, identical, shuffle_orders
+from {{ cookiecutter.package_name }}.pitfalls_lab import (
+    FULL,
+    QUICK,
+    Lab,
+    Run,
+    Settings,
+    equal_steps,
+    identical,
+    shuffle_orders,
+)
 from {{ cookiecutter.package_name }}.pitfalls_rows import HEADER, INTRO, OVERWRITE, ROWS, cells
 
 

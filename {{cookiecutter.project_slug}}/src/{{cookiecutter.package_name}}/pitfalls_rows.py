@@ -166,13 +166,16 @@ INTRO = """\
 # The pitfalls lab: what breaks if you move a line
 
 The essay's crib sheet lists misplaced lines that raise no exception.
-[`src/{{ cookiecutter.package_name }}/pitfalls.py`](../src/{{ cookiecutter.package_name }}/pitfalls.py) runs each one:
-the essay's loop as written, and the same loop with exactly that line moved or left out, from the same seed on the
-same data. It measures what changed and says whether the essay's claim holds on your torch.
+The lab
+([`src/{{ cookiecutter.package_name }}/pitfalls.py`](../src/{{ cookiecutter.package_name }}/pitfalls.py))
+runs each one: the essay's loop as written, and the same loop with exactly that line moved or left out, from the
+same seed on the same data. It measures what changed and says whether the essay's claim holds on your torch.
 
 ```bash
-python -m {{ cookiecutter.package_name }}.pitfalls          # the essay's experiment, about a minute on one thread
-python -m {{ cookiecutter.package_name }}.pitfalls --quick  # a small spiral for 4 epochs, seconds
+# the essay's experiment, about a minute on one thread
+python -m {{ cookiecutter.package_name }}.pitfalls
+# a small spiral for 4 epochs, seconds
+python -m {{ cookiecutter.package_name }}.pitfalls --quick
 ```
 
 Both print the table and write this page to `logs/pitfalls/pitfalls.md`; `--out docs/pitfalls.md` writes it here.

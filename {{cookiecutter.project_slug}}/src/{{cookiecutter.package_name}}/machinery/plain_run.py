@@ -32,7 +32,11 @@ from tqdm import tqdm
 from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.machinery.checkpoints import atomic_save, rng_state, set_rng_state
 from {{ cookiecutter.package_name }}.machinery.loaders import distributed, with_sampler
-from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest
+from {{ cookiecutter.package_name }}.machinery.stopping import (
+    NonFiniteLossError,
+    StoppedBySignal,
+    StopRequest,
+)
 
 
 @dataclass
