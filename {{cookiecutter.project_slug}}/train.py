@@ -23,6 +23,7 @@ they were. Checkpoints are written atomically: a kill never leaves a torn one.
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from lightning.pytorch.cli import LightningCLI
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
+from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, quiet
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -59,23 +61,26 @@ class CLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        # Before LightningCLI reads the checkpoint's model settings (a bad file: a traceback).
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        if config.get("ckpt_path"):
-            try:
-                self.check_checkpoint(subcommand, config)
-            except CheckpointError as error:
-                sys.exit(f"error: {error}")
-
-    def check_checkpoint(self, subcommand: str, config: Namespace) -> None:
-        """Resolve `last`, refuse a checkpoint this run cannot use, and let a fit go on in the
-        checkpoint's run."""
         logger = config.trainer.logger
-        logger_class = str(logger.get("class_path")) if isinstance(logger, Namespace) else ""
-        tensorboard = logger_class.endswith("TensorBoardLogger")
+        if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
+            logger = None  # another logger's directory is its own business
+        # Before LightningCLI reads the checkpoint's model settings (a bad file: a traceback).
+        try:
+            checkpoint, run = self.check_checkpoint(subcommand, config, logger)
+        except CheckpointError as error:
+            sys.exit(f"error: {error}")
+        if logger is not None:
+            self.log_into(logger, subcommand, checkpoint, run)
+
+    def check_checkpoint(self, subcommand: str, config: Namespace, logger: Namespace | None):
+        """Resolve `last` and refuse a checkpoint this run cannot use; the checkpoint and its run
+        directory (None, None without --ckpt_path)."""
+        if not config.get("ckpt_path"):
+            return None, None
         root = Path("logs/lightning")
-        if tensorboard:
+        if logger is not None:
             root = Path(logger.init_args.save_dir, logger.init_args.name or "")
         fitting = subcommand == "fit"
         checkpoint, run = adopt_checkpoint(
@@ -85,12 +90,29 @@ class CLI(LightningCLI):
             ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
             lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
         )
-        if fitting and run is not None and tensorboard:
-            # Go on in the run's own TensorBoard directory; the steps after the checkpoint anew.
-            logger.init_args.version = run.name
+        return checkpoint, run
+
+    def log_into(self, logger: Namespace, subcommand: str, checkpoint, run: Path | None):
+        """A fit resumed from a run's checkpoint goes on in that run's TensorBoard directory, the
+        steps after the checkpoint logged anew; validate, test and predict write beside the run
+        whose checkpoint they evaluate, or, without one, into logs/lightning/evaluations."""
+        if run is None:
+            if subcommand != "fit":
+                logger.init_args.version = "evaluations"
+                # Its config.yaml is the latest evaluation's.
+                self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+            return
+        # A number, as the logger's own: the progress bar shows the last 4 characters of a name.
+        number = run.name.removeprefix("version_")
+        logger.init_args.version = int(number) if number.isdigit() else run.name
+        if subcommand == "fit":
             logger.init_args.purge_step = checkpoint["global_step"]
-            if (run / "config.yaml").is_file():
-                self.save_config_callback = None  # the run keeps the config.yaml it started with
+            # ModelCheckpoint warns that checkpoints/ is not empty: they are this run's own.
+            not_empty = r"Checkpoint directory .* exists and is not empty"
+            module = "lightning.pytorch.callbacks.model_checkpoint"
+            warnings.filterwarnings("ignore", not_empty, module=module)
+        if (run / "config.yaml").is_file():
+            self.save_config_callback = None  # the run keeps the config.yaml it started with
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -115,13 +137,19 @@ class CLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> CLI:
+    quiet()
     try:
-        return CLI(
+        cli = CLI(
             SpiralClassifier,
             SpiralDataModule,
             parser_kwargs={c: {"default_config_files": [str(DEFAULT_CONFIG)]} for c in SUBCOMMANDS},
+            parser_class=LightningParser,  # errors in one line
             args=args,
         )
+        log_dir = cli.trainer.log_dir  # under DDP, every process asks rank 0
+        if cli.trainer.is_global_zero and log_dir is not None:
+            print(f"logs: {log_dir}")
+        return cli
     except (DataError, CheckpointError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
     finally:

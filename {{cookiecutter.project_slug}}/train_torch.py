@@ -29,7 +29,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, Namespace
 from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
@@ -37,6 +37,7 @@ from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
+from {{ cookiecutter.package_name }}.machinery.cli import Parser
 from {{ cookiecutter.package_name }}.machinery.plain_run import (
     DEVICES,
     NoWriter,
@@ -69,7 +70,7 @@ PLAIN_LOOP_TRAINER = {
 
 
 def parse(args: list[str] | None = None):
-    parser = ArgumentParser(default_config_files=[str(DEFAULT_CONFIG)], description=__doc__)
+    parser = Parser(default_config_files=[str(DEFAULT_CONFIG)], description=__doc__)
     on_top = "A config file on top of configs/default.yaml."
     parser.add_argument("--config", action=ActionConfigFile, help=on_top)
     parser.add_argument("--seed_everything", type=int, required=True)

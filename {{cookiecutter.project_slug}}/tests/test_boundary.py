@@ -16,7 +16,8 @@ from conftest import QUIET, SMALL, run
 
 
 def gif_frames(path) -> list[np.ndarray]:
-    return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(Image.open(path))]
+    with Image.open(path) as gif:
+        return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
 
 
 def image_steps(run_dir) -> list[int]:

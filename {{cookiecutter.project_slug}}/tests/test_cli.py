@@ -6,6 +6,7 @@ run in this process through the same main() the scripts call (a subprocess each 
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,8 @@ from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 from conftest import QUIET, ROOT, event_scalars, run
 
-# In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
-pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
-
+# Where validate, test and predict of a checkpoint that is no run's of logs/lightning write.
+EVALUATIONS = Path("logs") / "lightning" / "evaluations"
 EPOCHS, STEPS_PER_EPOCH = 2, 3  # 90 training points in batches of 32, 32 and 26
 DATA = ["--data.points_per_class=50", "--data.batch_size=32"]
 TINY = [
@@ -113,7 +113,7 @@ def test_a_second_fit_from_the_saved_config_is_version_1_and_the_same_run(fitted
 
 def test_validate_from_the_checkpoint_gives_the_last_epochs_val_loss(fitted, checkpoint, tmp_path):
     succeeded(run("train.py", "validate", *TINY, f"--ckpt_path={checkpoint}", cwd=tmp_path))
-    scalars = event_scalars(tmp_path / "logs" / "lightning" / "version_0")
+    scalars = event_scalars(tmp_path / EVALUATIONS)
     [(_, val_loss)] = scalars["val/loss"]
     [(_, val_acc)] = scalars["val/acc"]
     fit = event_scalars(fitted)
@@ -122,7 +122,7 @@ def test_validate_from_the_checkpoint_gives_the_last_epochs_val_loss(fitted, che
 
 def test_test_from_the_checkpoint_scores_the_test_split(checkpoint, tmp_path):
     succeeded(run("train.py", "test", *TINY, f"--ckpt_path={checkpoint}", cwd=tmp_path))
-    run_dir = tmp_path / "logs" / "lightning" / "version_0"
+    run_dir = tmp_path / EVALUATIONS
     scalars = event_scalars(run_dir)
     [(_, test_loss)] = scalars["test/loss"]
     [(_, test_acc)] = scalars["test/acc"]
@@ -134,10 +134,26 @@ def test_test_from_the_checkpoint_scores_the_test_split(checkpoint, tmp_path):
     assert test_acc == pytest.approx((logits.argmax(dim=1) == y).float().mean().item(), abs=1e-6)
 
 
+def test_evaluating_a_runs_checkpoint_writes_into_that_run(fitted, tmp_path):
+    """validate, test and predict of a run's own checkpoint: its metrics and predictions.csv beside the run
+    they belong to, one TensorBoard run, and nothing said but the results."""
+    shutil.copytree(fitted, tmp_path / "logs" / "lightning" / "version_0")
+    before = sorted(path.name for path in (tmp_path / "logs" / "lightning").iterdir())
+    for subcommand in ("validate", "test", "predict"):
+        result = succeeded(run("train.py", subcommand, *TINY, "--ckpt_path=last", cwd=tmp_path))
+        assert "warn" not in result.stderr.lower(), result.stderr
+        assert result.stdout.strip().splitlines()[-1] == "logs: logs/lightning/version_0"
+    assert sorted(path.name for path in (tmp_path / "logs" / "lightning").iterdir()) == before
+    run_dir = tmp_path / "logs" / "lightning" / "version_0"
+    assert {"val/loss", "test/loss", "train/loss"} <= event_scalars(run_dir).keys()
+    assert (run_dir / "predictions.csv").is_file()
+    assert (run_dir / "config.yaml").read_text() == (fitted / "config.yaml").read_text()  # the fit's own
+
+
 def read_predictions(result, cwd: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The path the run printed -> points (N, 2), labels (N,) and probabilities (N, classes) it wrote."""
     [path] = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("predictions: ")]
-    assert (cwd / path).is_file() and (cwd / path).parent == cwd / "logs" / "lightning" / "version_0"
+    assert (cwd / path).is_file() and (cwd / path).parent == cwd / EVALUATIONS
     with (cwd / path).open(newline="") as file:
         header, *rows = list(csv.reader(file))
     assert header == ["x1", "x2", "label", "p0", "p1", "p2", "predicted"]
@@ -151,7 +167,7 @@ def read_predictions(result, cwd: Path) -> tuple[torch.Tensor, torch.Tensor, tor
 def test_predict_writes_the_test_splits_probabilities(checkpoint, tmp_path):
     result = run("train.py", "predict", *TINY, f"--ckpt_path={checkpoint}", cwd=tmp_path)
     X, y, probabilities = read_predictions(succeeded(result), tmp_path)
-    test_set = saved_test_split(tmp_path / "logs" / "lightning" / "version_0")
+    test_set = saved_test_split(tmp_path / EVALUATIONS)
     assert torch.equal(X, test_set.tensors[0]) and torch.equal(y, test_set.tensors[1])  # one row per point
     with torch.no_grad():
         expected = SpiralClassifier.load_from_checkpoint(checkpoint).eval()(X).softmax(dim=1)
@@ -251,8 +267,29 @@ def test_a_bad_config_value_is_refused_by_name(name, entry, tmp_path, no_trainin
         MAINS[entry]([*TINY, *flags])
     assert stop.value.code not in (0, None)
     said = capsys.readouterr().err + (stop.value.code if isinstance(stop.value.code, str) else "")
-    assert parameter in said[said.rindex("error:") :]  # in the message, not just in the usage it may print
+    [line] = said.strip().splitlines()  # the error alone: no page of usage before it
+    assert line.startswith("error:") and parameter in line, said
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"]])
+def test_a_bad_value_is_one_line_and_exit_2_from_the_command_line(command, tmp_path):
+    result = run(*command, "--data.batch_size", "0", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith('error: Parser key "data.batch_size":') and line.endswith("--help)"), result.stderr
+
+
+def test_a_run_says_what_it_did_and_nothing_else(tmp_path):
+    """No third-party tips, deprecations or info lines about absent hardware; the result and where it went."""
+    result = run("train.py", "fit", *TINY, "--boundary.every_n_epochs=1", cwd=tmp_path)
+    succeeded(result)
+    said = (result.stdout + result.stderr).strip().splitlines()  # Lightning's line on stderr, ours on stdout
+    assert sorted(said) == [
+        f"`Trainer.fit` stopped: `max_epochs={EPOCHS}` reached.",
+        "decision boundary: logs/lightning/version_0/decision_boundary.gif",
+        "logs: logs/lightning/version_0",
+    ]  # sorted
 
 
 @pytest.mark.parametrize("entry", MAINS)

@@ -71,6 +71,8 @@ def test_the_entry_points_with_no_flags_write_equal_event_files(tmp_path):
         assert [step for step, _ in lightning[tag]] == [step for step, _ in plain[tag]], tag
         assert torch.equal(torch.tensor([v for _, v in lightning[tag]]), torch.tensor([v for _, v in plain[tag]])), tag
     assert len(plain["train/loss"]) == 2900 and len(plain["val/loss"]) == 100
+    # The same tags but Lightning's own `epoch`, as docs/configuration.md says.
+    assert set(lightning) - set(plain) == {"epoch"} and set(plain) <= set(lightning)
 
 
 @pytest.fixture(scope="module")

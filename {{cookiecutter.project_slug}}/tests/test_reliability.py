@@ -25,9 +25,6 @@ from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 from conftest import TINY, fit, run
 
-# In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
-pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
-
 MAINS = {
     "train.py fit": lambda args: fit("lightning", args),
     "train_torch.py": lambda args: fit("torch", args),

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import ENV, LIGHTNING, QUIET, ROOT, ctrl_c, differences, event_scalars, fit
 from conftest import TINY as TINY_RUN
-
-# In-process calls of LightningCLI(args=...) under pytest, whose own sys.argv LightningCLI would warn about.
-pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
 # conftest's 4-epoch run, with dropout on.
 TINY = [*TINY_RUN, "--model.dropout=0.3"]
@@ -171,6 +169,15 @@ def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path,
     interrupted(side, TINY, signal.SIGINT, 7, capsys)
     fit(side, [*QUIET, "--boundary.every_n_epochs=0", "--ckpt_path=last"])
     assert mismatches(final(tmp_path, side), expected) == []
+
+
+def test_a_resumed_run_is_shown_with_its_own_version(tmp_path, monkeypatch, capsys):
+    """The progress bar's v_num, from the logger's version: the interrupted run's number, not a new one."""
+    monkeypatch.chdir(tmp_path)
+    interrupted("lightning", TINY, signal.SIGINT, 4, capsys)
+    (tmp_path / "logs" / "lightning" / "version_7").mkdir()  # a later run that left no checkpoint
+    cli = fit("lightning", [*TINY, "--ckpt_path=logs/lightning/version_0/checkpoints/last.ckpt"])
+    assert get_standard_metrics(cli.trainer)["v_num"] == 0
 
 
 def test_the_plain_loops_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):

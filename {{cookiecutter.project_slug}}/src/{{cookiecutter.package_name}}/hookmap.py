@@ -67,10 +67,10 @@ LOOP = (
         "criterion = nn.CrossEntropyLoss()", "`LightningModule.__init__`", code="self.criterion = nn.CrossEntropyLoss()"
     ),
     Row(
-        "val_loss = MeanMetric().to(device)",
+        'val_loss = MeanMetric(nan_strategy="disable").to(device)',
         "`LightningModule.__init__`; the Trainer moves it with the module",
         "a plain mean of the batch losses would weigh a smaller last batch like a full one",
-        "self.val_loss = MeanMetric()",
+        'self.val_loss = MeanMetric(nan_strategy="disable")',
         essay=False,
     ),
     Row(

@@ -32,7 +32,7 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)
     model.to(device)  # the Trainer, before configure_optimizers
     criterion = nn.CrossEntropyLoss()
-    val_loss = MeanMetric().to(device)  # validation loss, weighted by batch size
+    val_loss = MeanMetric(nan_strategy="disable").to(device)  # weighted by batch size; NaN stays
     val_acc = MulticlassAccuracy(hp.classes, average="micro").to(device)
 
     # --- optimizer, scheduler: configure_optimizers ---

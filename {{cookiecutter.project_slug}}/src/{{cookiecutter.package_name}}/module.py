@@ -43,10 +43,11 @@ class SpiralClassifier(ExactResume, L.LightningModule):
         self.save_hyperparameters()
         self.model = MLP(in_features=2, hidden=hidden, out_features=classes, dropout=dropout)
         self.criterion = nn.CrossEntropyLoss()
+        self.example_input_array = torch.zeros(1, 2)  # the model summary's sizes and FLOPs
         # Epoch metrics, as in loop.py: loss weighted by batch size, accuracy over all points.
-        self.val_loss = MeanMetric()
+        self.val_loss = MeanMetric(nan_strategy="disable")  # NaN stays NaN: StopOnNonFiniteLoss
         self.val_acc = MulticlassAccuracy(classes, average="micro")
-        self.test_loss = MeanMetric()
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = MulticlassAccuracy(classes, average="micro")
 
     def configure_optimizers(self):

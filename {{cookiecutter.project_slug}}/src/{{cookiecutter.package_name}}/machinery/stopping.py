@@ -120,7 +120,7 @@ class GracefulStop(StopRequest, L.Callback):
         if checkpoint_callback is not None:
             # As ModelCheckpoint does before it saves last.ckpt: the resumed run's ModelCheckpoint overwrites it.
             checkpoint_callback.last_model_path = str(self.saved)
-        trainer.save_checkpoint(self.saved)
+        trainer.save_checkpoint(self.saved, weights_only=False)  # as ModelCheckpoint's: all of it
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.signal is None or not isinstance(exception, SIGTERMException):
