@@ -38,6 +38,7 @@ NOT_NEWS = (
     "💡 Tip:",  # an advertisement for a cloud logger
     "GPU available: False, used: False",
     "TPU available: False, using: 0 TPU cores",
+    "HPU available: False, using: 0 HPUs",  # lightning < 2.6
     "Seed set to",  # the seed is in the run's config.yaml; printed first, it would stand before an error
 )
 
