@@ -1,4 +1,5 @@
-"""The `check_answers` Jinja filter: cookiecutter.json renders `__answers_checked` with it.
+"""The `check_answers` and `package_name` Jinja filters: cookiecutter.json renders `__answers_checked` and the
+default `package_name` with them.
 
 It applies the rules of hooks/pre_gen_project.py inside cookiecutter, after the prompts and before
 cookiecutter creates any directory (the hook itself runs only once the project directory exists; its
@@ -24,10 +25,17 @@ def load_rules():
 
 
 @simple_filter
+def package_name(slug) -> str:
+    """The default package name: made from the slug so that it passes the package checks (`1abc` -> `pkg_1abc`,
+    `json` -> `json_pkg`)."""
+    return load_rules().suggestion({"project_slug": slug})
+
+
+@simple_filter
 def check_answers(answers) -> str:
-    message = load_rules().problem(dict(answers))
-    if message:
-        print(message, file=sys.stderr)
+    found = load_rules().problems(dict(answers))
+    if found:
+        print("\n".join(found), file=sys.stderr)
         # SystemExit passes through Jinja and cookiecutter untouched: exit 1 with our line only, nothing created.
         raise SystemExit(1)
     return ""

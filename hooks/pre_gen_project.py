@@ -1,6 +1,6 @@
-"""Check every answer; a bad one stops the bake with one line on stderr that says how to fix it.
+"""Check every answer; bad ones stop the bake with one line each on stderr that says how to fix it.
 
-The rules in `problem` run twice. First inside cookiecutter, from local_extensions.py, while it renders
+The rules in `problems` run twice. First inside cookiecutter, from local_extensions.py, while it renders
 its variables: that is before it creates the project directory, which matters because this hook runs
 only after the directory exists, and cookiecutter then removes just the last part of it (a slug `a/b`
 would leave `a/` behind; an empty slug or `.` would stop cookiecutter with a message that names no
@@ -58,23 +58,33 @@ def package_problem(name: str) -> str | None:
     return None
 
 
-def problem(answers: dict) -> str | None:
-    """The first thing wrong with the answers, as one line; None when all is well.
+def suggestion(answers: dict) -> str:
+    """A package name made from the project's slug that passes package_problem, for the hint."""
+    name = re.sub(r"[^a-z0-9_]", "_", str(answers.get("project_slug", "")).lower()) or "spiral_classifier"
+    name = f"pkg_{name}" if name[0].isdigit() else name
+    return name if package_problem(name) is None else f"{name}_pkg"
+
+
+def problems(answers: dict) -> list[str]:
+    """Everything wrong with the answers, one line each; [] when all is well.
 
     Checks only the answers it is given: under `--replay` local_extensions.py may see a partial set.
     """
+    found = []
     for key in TEXT_FIELDS:
         value = answers.get(key)
         # Control characters would break the TOML strings in pyproject.toml and the one-line metadata fields.
         if value is not None and any(unicodedata.category(c) == "Cc" for c in str(value)):
-            return f"error: {key} {value!r} contains a control character (a newline, a tab, ...); pass {key}=<one line>"
+            found.append(
+                f"error: {key} {value!r} contains a control character (a newline, a tab, ...); pass {key}=<one line>"
+            )
     for key in ("project_name", "author_name"):
         if key in answers and not str(answers[key]).strip():
-            return f"error: {key} is empty; pass {key}=<text>"
+            found.append(f"error: {key} is empty; pass {key}=<text>")
     if "project_slug" in answers:
         slug = str(answers["project_slug"])
         if not SLUG.fullmatch(slug):
-            return (
+            found.append(
                 f"error: project_slug {slug!r} is not a plain directory name (lowercase letters, digits, '.', '_', '-',"
                 " starting and ending with a letter or digit); pass project_slug=<name>, e.g. spiral-classifier"
             )
@@ -82,16 +92,22 @@ def problem(answers: dict) -> str | None:
         name = str(answers["package_name"])
         why = package_problem(name)
         if why:
-            return f"error: package_name {name!r} {why}; pass package_name=<name>, e.g. spiral_classifier"
+            found.append(f"error: package_name {name!r} {why}; pass package_name=<name>, e.g. {suggestion(answers)}")
     if "author_email" in answers:
         email = str(answers["author_email"])
         if not EMAIL.fullmatch(email):
-            return f"error: author_email {email!r} is not of the form name@example.com; pass author_email=<address>"
+            found.append(
+                f"error: author_email {email!r} is not of the form name@example.com; pass author_email=<address>"
+            )
     if "license" in answers and answers["license"] not in LICENSES:
-        return f"error: license {answers['license']!r} is not one of {', '.join(LICENSES)}; pass license=<one of them>"
+        found.append(
+            f"error: license {answers['license']!r} is not one of {', '.join(LICENSES)}; pass license=<one of them>"
+        )
     if "github_actions" in answers and answers["github_actions"] not in ("yes", "no"):
-        return f"error: github_actions {answers['github_actions']!r} is not yes or no; pass github_actions=yes or no"
-    return None
+        found.append(
+            f"error: github_actions {answers['github_actions']!r} is not yes or no; pass github_actions=yes or no"
+        )
+    return found
 
 
 def main() -> None:
@@ -108,9 +124,9 @@ def main() -> None:
         "github_actions": json.loads(r'{{ cookiecutter.github_actions | tojson }}'),
     }
     # fmt: on
-    message = problem(answers)
-    if message:
-        sys.exit(message)  # prints the line to stderr, exits 1; cookiecutter then removes the project directory
+    found = problems(answers)
+    if found:
+        sys.exit("\n".join(found))  # prints the lines to stderr, exits 1; cookiecutter then removes the project
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Hostile but legal answers bake a working project; each invalid answer stops with one line and no directory."""
 
 import json
+import shutil
 import tomllib
 import warnings
 
@@ -59,6 +60,8 @@ INVALID = [
     ("author_email=a@b", "author_email"),
     ("project_name=two\nlines", "project_name"),
     ("author_name=", "author_name"),
+    ("license=GPL", "license"),
+    ("github_actions=maybe", "github_actions"),
 ]
 
 
@@ -71,6 +74,41 @@ def test_invalid_answer_stops_with_one_line_and_leaves_nothing(bake, answer, fie
     assert f"pass {field}=" in stderr  # says how to fix it
     assert list(done.output.iterdir()) == []
     assert not (done.output.parent / "evil").exists()
+
+
+def test_every_invalid_answer_is_named_at_once(bake):
+    done = bake("package_name=json", "author_email=nope", "license=GPL", "github_actions=maybe")
+    lines = done.result.stderr.strip().splitlines()
+    assert done.result.returncode != 0
+    assert [line.split()[1] for line in lines] == ["package_name", "author_email", "license", "github_actions"], lines
+    assert all(line.startswith("error: ") and " pass " in line for line in lines)
+    assert list(done.output.iterdir()) == []
+
+
+def test_a_choice_typed_at_its_prompt_is_checked_like_one_passed_as_an_answer(bake, cookiecutter_home):
+    """Prompts in cookiecutter.json's order: name, slug, package, author, e-mail, description, license, CI."""
+    # Without its earlier clone of the template, cookiecutter asks nothing before the prompts.
+    shutil.rmtree(cookiecutter_home / "clones", ignore_errors=True)
+    done = bake(options=(), stdin="\n" * 6 + "GPL\n" + "\n")
+    assert done.result.returncode != 0
+    assert "license: MIT, BSD-3-Clause, Apache-2.0 or none" in done.result.stdout  # the prompt lists them
+    assert done.result.stderr.strip().splitlines() == [
+        "error: license 'GPL' is not one of MIT, BSD-3-Clause, Apache-2.0, none; pass license=<one of them>"
+    ]
+    assert list(done.output.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "package"), [("1abc", "pkg_1abc"), ("json", "json_pkg"), ("My.Project-2", "my_project_2")]
+)
+def test_the_default_package_name_passes_the_checks(bake, name, package):
+    project = bake(f"project_name={name}").project()
+    assert [path.name for path in (project / "src").iterdir()] == [package]
+
+
+def test_the_hint_suggests_a_package_name_made_from_the_project(bake):
+    done = bake("project_name=Moon Classifier", "package_name=json")
+    assert done.result.stderr.strip().endswith("pass package_name=<name>, e.g. moon_classifier")
 
 
 def test_invalid_answer_does_not_create_the_output_directory(bake):
