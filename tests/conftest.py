@@ -36,6 +36,20 @@ class Bake:
         return project
 
 
+def run_project_tests(python: str, project: Path, *paths: str) -> None:
+    """The baked project's own pytest (all of it, or `paths`) with `python`; it fails on a failing or absent test
+    (pytest exits 5 when it collects none)."""
+    tests = subprocess.run(
+        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *paths],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def template_url(tmp_path_factory) -> str:
     listed = subprocess.run(

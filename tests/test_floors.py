@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from conftest import ENV, ROOT
+from conftest import ENV, ROOT, run_project_tests
 
 UV = str(Path(sys.executable).with_name("uv"))
 TORCH = next(line for line in (ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch=="))
@@ -49,13 +49,4 @@ def test_the_baked_project_passes_at_its_declared_floors(bake, tmp_path):
     # What lowest-direct installed is each floor itself ("1.4" is 1.4.0), not a newer release.
     pairs = {name: (installed[name], floor) for name, floor in floors.items()}  # (installed, declared)
     assert {name: pair for name, pair in pairs.items() if Version(pair[0]) != Version(pair[1])} == {}
-    tests = subprocess.run(
-        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-        + ["tests/test_equivalence.py", "tests/test_resume.py", "tests/test_cli.py"],
-        cwd=project,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]
+    run_project_tests(python, project, "tests/test_equivalence.py", "tests/test_resume.py", "tests/test_cli.py")

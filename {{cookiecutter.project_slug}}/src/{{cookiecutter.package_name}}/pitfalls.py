@@ -160,12 +160,12 @@ def zero_grad_before_step(lab: Lab) -> Measured:
 
 @measures("2c")
 def zero_grad_after_step(lab: Lab) -> Measured:
-    correct, moved = lab.run(), lab.run({"optimizer.zero_grad()": "after optimizer.step()"})
-    return Measured(
-        measured=gap(correct, moved),
-        verdict="**no**: harmless, bit for bit the correct run"
-        if identical(correct, moved)
-        else "**yes**: the numbers change",
+    return commutes(
+        lab,
+        line="optimizer.zero_grad()",
+        place="after optimizer.step()",
+        same="**no**: harmless, bit for bit the correct run",
+        differs="**yes**: the numbers change",
     )
 
 
@@ -327,14 +327,16 @@ def sampler_extra_draw(lab: Lab) -> Measured:
     )
 
 
-def commutes(lab: Lab, line: str, place: str) -> Measured:
+def commutes(
+    lab: Lab,
+    line: str,
+    place: str,
+    same: str = "a line you may move: nothing changes, bit for bit",
+    differs: str = "**the numbers change**",
+) -> Measured:
+    """The correct loop against `line` at `place`: `same` when they are identical, bit for bit, else `differs`."""
     correct, moved = lab.run(), lab.run({line: place})
-    return Measured(
-        measured=gap(correct, moved),
-        verdict="a line you may move: nothing changes, bit for bit"
-        if identical(correct, moved)
-        else "**the numbers change**",
-    )
+    return Measured(measured=gap(correct, moved), verdict=same if identical(correct, moved) else differs)
 
 
 @measures("10a")
