@@ -1,13 +1,14 @@
-"""The `check_answers` and `package_name` Jinja filters: cookiecutter.json renders `__answers_checked` and the
-default `package_name` with them.
+"""The Jinja filters cookiecutter.json renders with: `check_typed` after each prompt, `check_answers` once all are
+given (`__answers_checked`), and `package_name` for that answer's default.
 
-It applies the rules of hooks/pre_gen_project.py inside cookiecutter, after the prompts and before
+They apply the rules of hooks/pre_gen_project.py inside cookiecutter, at the prompts and before
 cookiecutter creates any directory (the hook itself runs only once the project directory exists; its
 docstring says why that is too late). Cookiecutter imports this module because cookiecutter.json names
 it in `_extensions`, with the template's root on sys.path.
 """
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -31,11 +32,34 @@ def package_name(slug) -> str:
     return load_rules().suggestion({"project_slug": slug})
 
 
-@simple_filter
-def check_answers(answers) -> str:
-    found = load_rules().problems(dict(answers))
+def typed() -> bool:
+    """Whether the answers are being typed at cookiecutter's prompts: not --no-input, not a replay. Cookiecutter tells
+    its filters neither, so this asks the prompting function up the stack."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "prompt_for_config":
+            return not frame.f_locals.get("no_input", True)
+        frame = frame.f_back
+    return False
+
+
+def stop(found: list[str]) -> None:
     if found:
         print("\n".join(found), file=sys.stderr)
-        # SystemExit passes through Jinja and cookiecutter untouched: exit 1 with our line only, nothing created.
+        # SystemExit passes through Jinja and cookiecutter untouched: exit 1 with our lines only, nothing created.
         raise SystemExit(1)
+
+
+@simple_filter
+def check_typed(answers, key: str) -> str:
+    """After each prompt (cookiecutter.json's `__typed_<key>`): a bad answer typed there is refused at once, before
+    the next prompt. Answers given otherwise are all checked together by check_answers."""
+    if typed():
+        stop([line for line in load_rules().problems(dict(answers)) if line.startswith(f"error: {key} ")])
+    return ""
+
+
+@simple_filter
+def check_answers(answers) -> str:
+    stop(load_rules().problems(dict(answers)))
     return ""

@@ -98,6 +98,16 @@ def test_a_choice_typed_at_its_prompt_is_checked_like_one_passed_as_an_answer(ba
     assert list(done.output.iterdir()) == []
 
 
+def test_a_bad_answer_typed_at_a_prompt_stops_there(bake, cookiecutter_home):
+    shutil.rmtree(cookiecutter_home / "clones", ignore_errors=True)  # as above: no question before the prompts
+    done = bake(options=(), stdin="Moon\nBad/Slug\n" + "\n" * 6)
+    assert done.result.returncode != 0
+    assert "[2/8] project_slug" in done.result.stdout and "[3/8]" not in done.result.stdout  # before the next prompt
+    [line] = done.result.stderr.strip().splitlines()
+    assert line.startswith("error: project_slug 'Bad/Slug' ")
+    assert list(done.output.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "package"), [("1abc", "pkg_1abc"), ("json", "json_pkg"), ("My.Project-2", "my_project_2")]
 )
