@@ -39,8 +39,9 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.max_epochs)
 
-    train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)  # "ddp"
-    start_epoch = run.start(model, optimizer, scheduler, data, loader)  # fit(ckpt_path=...)
+    # --- the Trainer, before the first batch: Trainer(strategy="ddp"), Trainer.fit(ckpt_path=...) ---
+    train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)
+    start_epoch = run.start(model, optimizer, scheduler, data, loader)
 
     # --- loop ---
     for epoch in run.progress(range(start_epoch, hp.max_epochs)):  # Trainer(max_epochs=...)
