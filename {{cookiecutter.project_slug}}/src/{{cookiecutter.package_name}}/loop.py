@@ -39,7 +39,7 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.max_epochs)
 
-    # --- the Trainer, before the first batch: Trainer(strategy="ddp"), Trainer.fit(ckpt_path=...) ---
+    # --- before the first batch: Trainer(strategy="ddp"), Trainer.fit(ckpt_path=...) ---
     train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)
     start_epoch = run.start(model, optimizer, scheduler, data, loader)
 
