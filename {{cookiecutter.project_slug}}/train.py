@@ -83,14 +83,13 @@ class CLI(LightningCLI):
         if logger is not None:
             root = Path(logger.init_args.save_dir, logger.init_args.name or "")
         fitting = subcommand == "fit"
-        checkpoint, run = adopt_checkpoint(
+        return adopt_checkpoint(
             config,
             self._parser(subcommand).get_defaults(),
             root,
             ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
             lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
         )
-        return checkpoint, run
 
     def log_into(self, logger: Namespace, subcommand: str, checkpoint, run: Path | None):
         """A fit resumed from a run's checkpoint goes on in that run's TensorBoard directory, the
