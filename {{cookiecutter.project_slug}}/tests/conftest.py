@@ -5,6 +5,7 @@ a model this small trains several times faster on one thread than on many on a s
 The equivalence tests run both loops under the same setting.
 """
 
+import gc
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,28 @@ def ctrl_c(command: list[str], cwd: Path, checkpoint: Path) -> tuple[int, str]:
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, stderr.decode()
+
+
+CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt"}
+
+
+def final_state(side: str, directory: Path) -> dict:
+    """The final weights, optimizer and scheduler state in a run's checkpoint, named alike for both sides."""
+    checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
+    if side == "torch":
+        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler")}
+    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
+    optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
+    return {"model": weights, "optimizer": optimizer, "scheduler": scheduler}
+
+
+def shut_down_workers() -> None:
+    """Stop the DataLoader worker processes that runs in this process left (persistent workers, a stopped run's),
+    while their queues are open. Left to the garbage collector, which may close a worker's queue before the
+    iterator that shuts the worker down, each worker costs a 5 s timeout."""
+    for iterator in [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]:
+        iterator._shutdown_workers()
+    gc.collect()
 
 
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

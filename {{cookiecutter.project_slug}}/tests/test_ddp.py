@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from conftest import ENV, QUIET, ROOT, ctrl_c, differences, event_scalars
+from conftest import CHECKPOINT, ENV, QUIET, ROOT, ctrl_c, differences, event_scalars, final_state, fit
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 # `torchrun` is torch.distributed.run's console script; the module runs where the script is not installed.
@@ -21,7 +21,6 @@ COMMANDS = {
     "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, "--trainer.enable_model_summary=false"],
     "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
 }
-CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt"}
 # 180 training points: 90 a process, batches of 32, 32, 26; 60 validation points: 30 a process, batches 25, 5,
 # whose metrics torchmetrics reduces over both processes.
 ARGS = [
@@ -47,16 +46,6 @@ def launch(side: str, args: list[str], cwd: Path) -> Path:
     return directory
 
 
-def final(side: str, directory: Path) -> dict:
-    """The final weights, optimizer and scheduler state, named alike for both sides."""
-    checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
-    if side == "torch":
-        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler")}
-    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
-    optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
-    return {"model": weights, "optimizer": optimizer, "scheduler": scheduler}
-
-
 def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path):
     lightning, plain = (launch(side, ARGS, tmp_path) for side in ("lightning", "torch"))
     for directory in (lightning, plain):
@@ -68,7 +57,7 @@ def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path)
     assert set(plain_scalars) == TAGS
     assert len(plain_scalars["train/loss"]) == 4 * 3  # each process trained on its half: 3 steps an epoch
     assert [tag for tag in TAGS if lightning_scalars[tag] != plain_scalars[tag]] == []
-    assert differences(final("lightning", lightning), final("torch", plain)) == []
+    assert differences(final_state("lightning", lightning), final_state("torch", plain)) == []
 
     # The control: one process on all the data is another run, so the equality above is DDP's.
     single = subprocess.run([sys.executable, str(ROOT / "train_torch.py"), *ARGS], cwd=tmp_path, env=ENV)
@@ -78,10 +67,11 @@ def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path)
 
 
 def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
-    """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically."""
+    """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically. One
+    uninterrupted run for both: the two loops compute the same run (the test above)."""
+    expected = launch("torch", LONGER, tmp_path / "reference")
     for side in ("lightning", "torch"):
-        expected = launch(side, LONGER, tmp_path / "reference")
-        cwd = tmp_path / "interrupted"
+        cwd = tmp_path / side
         cwd.mkdir(exist_ok=True)
         checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
         code, stderr = ctrl_c([*COMMANDS[side], *LONGER], cwd, checkpoint)
@@ -93,7 +83,7 @@ def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
         assert step % 15 == 0  # the end of an epoch
 
         resumed = launch(side, [*LONGER, "--ckpt_path=last"], cwd)
-        assert differences(final(side, resumed), final(side, expected)) == []
+        assert differences(final_state(side, resumed), final_state("torch", expected)) == []
         scalars, expected_scalars = event_scalars(resumed), event_scalars(expected)
         assert [tag for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]] == []
 
@@ -102,7 +92,8 @@ def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_li
     """A run in one process can stop mid-epoch; a DistributedSampler cannot go on from there. Each process says so
     in one line and exits with 1; torchrun then reports the failed processes its own way."""
     args = [*QUIET, "--trainer.max_epochs=1", "--data.points_per_class=100", "--boundary.every_n_epochs=0"]
-    checkpoint = launch("torch", args, tmp_path) / "checkpoints" / "last.pt"
+    fit("torch", [*args, f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])  # in one process, quicker
+    checkpoint = tmp_path / "logs" / "torch" / "version_0" / "checkpoints" / "last.pt"
     saved = torch.load(checkpoint, weights_only=True)
     saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it
     torch.save(saved, checkpoint)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import loggers
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 import train
 from {{ cookiecutter.package_name }}.machinery.checkpoints import (
@@ -21,9 +23,10 @@ from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     CheckpointError,
     atomic_save,
 )
+from {{ cookiecutter.package_name }}.machinery.logger import TensorBoardLogger
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import TINY, fit, run
+from conftest import TINY, event_scalars, fit, run
 
 MAINS = {
     "train.py fit": lambda args: fit("lightning", args),
@@ -110,10 +113,29 @@ def test_lightning_writes_its_checkpoints_through_the_atomic_plugin(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     cli = MAINS["train.py fit"]([*TINY, "--trainer.max_epochs=1"])
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    assert sorted(path.name for path in Path("logs/lightning/version_0/checkpoints").iterdir()) == [
-        "epoch=0-step=3.ckpt",
-        "last.ckpt",
-    ]  # no temporary file left behind
+    # One checkpoint, as the plain loop's last.pt, and no temporary file left behind.
+    assert [path.name for path in Path("logs/lightning/version_0/checkpoints").iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("logger_class", [TensorBoardLogger, loggers.TensorBoardLogger], ids=["project", "lightning"])
+def test_the_logger_flushes_with_a_checkpoint_not_at_every_step(logger_class, tmp_path, monkeypatch):
+    """What Lightning does after each logged step, then what GracefulStop does with each checkpoint; Lightning's
+    own logger, the negative control, flushes at every step and adds an `epoch` tag (Lightning issue #20551)."""
+    flushes = []
+    monkeypatch.setattr(SummaryWriter, "flush", lambda writer: flushes.append(writer.log_dir))
+    logger = logger_class(tmp_path, name="run")
+    for step in range(3):
+        logger.log_metrics({"train/loss": 0.5 + step, "epoch": 0}, step)
+        logger.save()
+    after_steps = len(flushes)
+    getattr(logger, "flush", logger.save)()
+    assert len(flushes) == after_steps + 1 and (Path(logger.log_dir) / "hparams.yaml").is_file()
+    logger.finalize("success")
+    tags = set(event_scalars(Path(logger.log_dir)))
+    if logger_class is TensorBoardLogger:
+        assert after_steps == 0 and tags == {"train/loss"}
+    else:
+        assert after_steps == 3 and tags == {"train/loss", "epoch"}
 
 
 # --- a loss that turns NaN ---

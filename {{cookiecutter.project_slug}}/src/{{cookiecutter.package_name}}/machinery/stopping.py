@@ -111,7 +111,7 @@ class GracefulStop(StopRequest, L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
-            logger.save()  # TensorBoardLogger: flushes the events logged so far
+            getattr(logger, "flush", logger.save)()  # machinery/logger.py's flush; Lightning's save flushes too
 
     def _save(self, trainer: L.Trainer) -> None:
         checkpoint_callback = trainer.checkpoint_callback
