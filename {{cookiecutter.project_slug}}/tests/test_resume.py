@@ -6,7 +6,6 @@ random state, Lightning's loop counters) is torch.equal to the uninterrupted run
 directory's TensorBoard files hold, the steps logged after resuming included.
 """
 
-import gc
 import os
 import random
 import signal
@@ -20,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import ENV, LIGHTNING, QUIET, ROOT, ctrl_c, differences, event_scalars, fit
+from conftest import ENV, LIGHTNING, QUIET, ROOT, ctrl_c, differences, event_scalars, fit, shut_down_workers
 from conftest import TINY as TINY_RUN
 
 # conftest's 4-epoch run, with dropout on.
@@ -92,7 +91,7 @@ def interrupted(side: str, args: list[str], signum: int, step: int, capsys) -> t
         handle.remove()
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    gc.collect()  # the stopped run's DataLoader workers, before the next run starts its own
+    shut_down_workers()  # the stopped run's, before the next run starts its own
     lines = capsys.readouterr().err.strip().splitlines()
     return stop.value.code, lines[-1] if lines else ""
 
@@ -135,6 +134,7 @@ def test_resuming_mid_epoch_with_persistent_workers(side, tmp_path, monkeypatch,
     code, _ = interrupted(side, [*TINY, *WORKERS], signal.SIGINT, 4, capsys)
     assert code == 130
     fit(side, [*TINY, *WORKERS, "--ckpt_path=last"])
+    shut_down_workers()
     assert mismatches(final(tmp_path, side), expected) == []
 
 
