@@ -1,25 +1,28 @@
-"""Time `python train.py fit` against `python train_torch.py`: the same experiment, side by side, in fresh processes.
+"""Time `python train.py fit` against `python train_torch.py` and a stock Trainer: one experiment, in fresh processes.
 
     python benchmarks/lightning_vs_torch.py                       # configs/default.yaml, 3 runs of each, 1 thread
     python benchmarks/lightning_vs_torch.py --runs 5 --epochs 20 --threads 2
     python benchmarks/lightning_vs_torch.py --threads torch        # as many threads as torch itself would take
     python benchmarks/lightning_vs_torch.py -- --data.points_per_class=100000 --data.batch_size=4096
 
-Both entry points run exactly as a user types them, with the config they read by default, in alternation
-(Lightning, plain, Lightning, plain, ...) so that a change in the machine's load hits both alike. Flags after `--`
-go to both. Each run writes its logs to a temporary directory, so logs/ stays as it was. The threads torch may use
-are set for both through OMP_NUM_THREADS: 1 unless --threads says otherwise, which is also what both entry points
-use when it is unset; `--threads torch` sets it to the number torch picks by itself when it is unset.
+Both entry points run exactly as a user types them, with the config they read by default, in alternation with
+the peer, benchmarks/stock_trainer.py (Lightning, plain, stock, Lightning, ...), so that a change in the machine's
+load hits all alike. The peer is the same LightningModule and data in a Trainer with Lightning's defaults: its
+TensorBoardLogger, its progress bar at every step, train/loss logged at every step, as a typical Lightning template
+runs it. Flags after `--` go to all three. Each run writes its logs to a temporary directory, so logs/ stays as it
+was. The threads torch may use are set for all through OMP_NUM_THREADS: 1 unless --threads says otherwise, which is
+also what the scripts use when it is unset; `--threads torch` sets it to the number torch picks by itself.
 
-Training time is read from the TensorBoard event files both runs write: from the first train/loss event (after
+Training time is read from the TensorBoard event files the runs write: from the first train/loss event (after
 step 0) to the last event (the last epoch's validation metrics and animation frame). It is the training loop
 alone - every step after the first, every validation, frame and checkpoint in between - without the start-up
 (imports, argument parsing, data), the first step, and what the process does after the last epoch. Whole-process
-wall time is measured too, from start to exit. Both runs must log equal train/loss and val/loss series; the script
-checks that, and exits with 1 if they differ.
+wall time is measured too, from start to exit, and the start-up: from the process's start to its first train/loss
+event. All runs must log equal train/loss and val/loss series; the script checks that, and exits with 1 if they
+differ.
 
-The last line, `ratio lightning/torch: X.XX`, is the median over the pairs of Lightning's training time divided by
-the plain loop's in the same pair.
+The ratio lines, `ratio stock/torch: X.XX` and last `ratio lightning/torch: X.XX`, are the medians over the rounds
+of a Lightning run's training time divided by the plain loop's in the same round.
 """
 
 import argparse
@@ -37,11 +40,17 @@ from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = {"lightning": ["train.py", "fit"], "torch": ["train_torch.py"]}
+SIDES = {
+    "lightning": ["train.py", "fit"],
+    "torch": ["train_torch.py"],
+    "stock": ["benchmarks/stock_trainer.py"],
+}
+COLUMNS = {"lightning": "`python train.py fit`", "torch": "`python train_torch.py` (plain)", "stock": "stock Trainer"}
 # What each side's process imports before it runs; the plain loop's own libraries, to compare with Lightning.
 IMPORTS = {
     "lightning": ("import train", "import lightning"),
     "torch": ("import train_torch", "import torch, torchmetrics, tqdm, torch.utils.tensorboard"),
+    "stock": ("import benchmarks.stock_trainer", "import lightning"),
 }
 DEFAULT_THREADS = 1  # as train.py and train_torch.py when OMP_NUM_THREADS is unset; docs/performance.md
 
@@ -49,6 +58,7 @@ DEFAULT_THREADS = 1  # as train.py and train_torch.py when OMP_NUM_THREADS is un
 @dataclass
 class Run:
     wall: float  # whole process, start to exit [s]
+    startup: float  # process start to the first train/loss event [s]
     cpu: float  # user + system CPU time of the process [s]
     rss: float  # peak resident set size [MiB]
     train: float  # first train/loss event to the last event [s]
@@ -99,6 +109,7 @@ def run(side: str, index: int, workdir: Path, threads: int | None, flags: list[s
     command = [sys.executable, str(ROOT / script), *subcommand, f"--trainer.logger.init_args.save_dir={save_dir}"]
     output = workdir / f"{side}-{index}.out"
     with output.open("wb") as out:
+        started = time.time()  # the event files' clock
         start = time.perf_counter()
         process = subprocess.Popen(
             [*command, *flags], cwd=workdir, env=child_env(threads), stdin=subprocess.DEVNULL, stdout=out, stderr=out
@@ -122,6 +133,7 @@ def run(side: str, index: int, workdir: Path, threads: int | None, flags: list[s
     losses = {tag: [(step, value) for step, value, _ in scalars.get(tag, [])] for tag in ("train/loss", "val/loss")}
     return Run(
         wall=wall,
+        startup=first - started,
         cpu=usage.ru_utime + usage.ru_stime,
         rss=usage.ru_maxrss / 1024,  # Linux reports KiB
         train=max(times) - first,
@@ -132,13 +144,16 @@ def run(side: str, index: int, workdir: Path, threads: int | None, flags: list[s
     )
 
 
-def import_time(statement: str, threads: int | None) -> float:
-    """Seconds a fresh interpreter spends on `statement`, run in the project root."""
-    timer = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+def import_times(side: str, threads: int | None) -> list[float]:
+    """Seconds a fresh interpreter, run in the project root, spends importing `side`'s entry point and, first, the
+    libraries it imports: [entry point, libraries]."""
+    entry, libraries = IMPORTS[side]
+    timer = f"import time; t = time.perf_counter(); {libraries}; a = time.perf_counter() - t; {entry}; "
+    timer += "print(time.perf_counter() - t, a)"
     result = subprocess.run(
         [sys.executable, "-c", timer], cwd=ROOT, env=child_env(threads), capture_output=True, text=True, check=True
     )
-    return float(result.stdout.split()[-1])
+    return [float(seconds) for seconds in result.stdout.split()[-2:]]
 
 
 def summary(values: list[float], digits: int) -> str:
@@ -146,7 +161,7 @@ def summary(values: list[float], digits: int) -> str:
 
 
 def ratio(a: list[float], b: list[float]) -> float:
-    """The median of the pairs' ratios; nan where there is nothing to divide by (one epoch: no epoch boundary)."""
+    """The median of the rounds' ratios; nan where there is nothing to divide by (one epoch: no epoch boundary)."""
     ratios = [x / y for x, y in zip(a, b, strict=True) if y]
     return statistics.median(ratios) if ratios else math.nan
 
@@ -154,6 +169,7 @@ def ratio(a: list[float], b: list[float]) -> float:
 def table(runs: dict[str, list[Run]], imports: dict[str, list[list[float]]], n: int) -> str:
     rows = [
         ("wall time, whole process [s]", lambda r: r.wall, 2),
+        ("start-up [s] (process start to first train/loss event)", lambda r: r.startup, 2),
         ("training time [s] (first train/loss event to last event)", lambda r: r.train, 2),
         ("time per step [ms] (training time / steps after the first)", lambda r: 1000 * r.train / (r.steps - 1), 3),
         ("steps per second", lambda r: (r.steps - 1) / r.train, 0),
@@ -162,18 +178,22 @@ def table(runs: dict[str, list[Run]], imports: dict[str, list[list[float]]], n: 
         ("CPU time, user + system [s]", lambda r: r.cpu, 2),
         ("peak RSS [MiB]", lambda r: r.rss, 0),
     ]
+    columns = " | ".join(COLUMNS[side] for side in SIDES)
     lines = [
-        f"| median (min–max) of {n} runs | `python train.py fit` (Lightning) | `python train_torch.py` (plain) "
-        "| Lightning / plain, median of pairs |",
-        "|---|---:|---:|---:|",
+        f"| median (min–max) of {n} runs | {columns} | Lightning / plain | stock / plain |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, get, digits in rows:
-        a, b = ([get(r) for r in runs[side]] for side in SIDES)
-        lines.append(f"| {name} | {summary(a, digits)} | {summary(b, digits)} | {ratio(a, b):.2f} |")
-    names = ["import time, entry point [s] (`import train` / `import train_torch`)"]
-    names.append("import time, libraries [s] (`lightning` / torch, torchmetrics, tqdm, tensorboard)")
-    for name, a, b in zip(names, *(zip(*imports[side], strict=True) for side in SIDES), strict=True):
-        lines.append(f"| {name} | {summary(a, 2)} | {summary(b, 2)} | {ratio(a, b):.2f} |")
+    names = [
+        "import time, entry point [s] (`import train` / `train_torch` / `benchmarks.stock_trainer`)",
+        "import time, libraries [s] (`lightning` / torch, torchmetrics, tqdm, tensorboard / `lightning`)",
+    ]
+    columns = {side: list(zip(*imports[side], strict=True)) for side in SIDES}
+    cells = [(name, {side: [get(r) for r in runs[side]] for side in SIDES}, digits) for name, get, digits in rows]
+    cells += [(name, {side: columns[side][i] for side in SIDES}, 2) for i, name in enumerate(names)]
+    for name, values, digits in cells:
+        medians = " | ".join(summary(values[side], digits) for side in SIDES)
+        ratios = " | ".join(f"{ratio(values[side], values['torch']):.2f}" for side in ("lightning", "stock"))
+        lines.append(f"| {name} | {medians} | {ratios} |")
     return "\n".join(lines)
 
 
@@ -183,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs of each entry point (default: 3)")
-    parser.add_argument("--epochs", type=int, help="trainer.max_epochs for both (default: the config's)")
+    parser.add_argument("--epochs", type=int, help="trainer.max_epochs for all (default: the config's)")
     parser.add_argument(
         "--threads",
         type=threads_flag,
         default=DEFAULT_THREADS,
-        help=f"OMP_NUM_THREADS for both (default: {DEFAULT_THREADS}); 0 leaves it unset, to the entry points' default;"
+        help=f"OMP_NUM_THREADS for all (default: {DEFAULT_THREADS}); 0 leaves it unset, to the entry points' default;"
         " `torch`: torch's own default",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary logs and print where they are")
@@ -223,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             for side in SIDES:
-                imports[side].append([import_time(statement, threads) for statement in IMPORTS[side]])
+                imports[side].append(import_times(side, threads))
     finally:
         if args.keep:
             print(f"logs: {workdir}")
@@ -232,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
 
     reference = runs["torch"][0].losses
     equal = all(r.losses == reference for side in SIDES for r in runs[side])
+    training = {side: [r.train for r in runs[side]] for side in SIDES}
     print()
     print(table(runs, imports, args.runs))
     print()
-    print(f"train/loss and val/loss equal in every run of both: {'yes' if equal else 'NO'}")
-    print(f"ratio lightning/torch: {ratio(*([r.train for r in runs[side]] for side in SIDES)):.2f}")
+    print(f"train/loss and val/loss equal in every run of all three: {'yes' if equal else 'NO'}")
+    print(f"ratio stock/torch: {ratio(training['stock'], training['torch']):.2f}")
+    print(f"ratio lightning/torch: {ratio(training['lightning'], training['torch']):.2f}")
     return 0 if equal else 1
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/lightning_vs_torch.py on a tiny budget: one run of each entry point, 2 epochs of a small spiral."""
+"""benchmarks/lightning_vs_torch.py on a tiny budget: one run of each entry point and the stock peer, 2 epochs."""
 
 import re
 import subprocess
@@ -8,6 +8,7 @@ from conftest import ROOT
 
 ROWS = (
     "wall time, whole process",
+    "start-up",
     "training time",
     "time per step",
     "steps per second",
@@ -28,15 +29,23 @@ def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(
     lines = result.stdout.splitlines()
     assert "threads: OMP_NUM_THREADS=1" in lines[0]
     table = [line for line in lines if line.startswith("|")]
-    assert "Lightning" in table[0] and "plain" in table[0] and set(table[1]) <= set("|-:")
+    assert [cell.strip() for cell in table[0].strip("|").split("|")][1:] == [
+        "`python train.py fit`",
+        "`python train_torch.py` (plain)",
+        "stock Trainer",
+        "Lightning / plain",
+        "stock / plain",
+    ]
+    assert set(table[1]) <= set("|-:")
     names = [row.split("|")[1].strip() for row in table[2:]]
     assert len(names) == len(ROWS) and all(name.startswith(prefix) for name, prefix in zip(names, ROWS, strict=True)), (
         names
     )
     for row in table[2:]:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", cell) for cell in cells[1:3]), row
-        assert re.fullmatch(r"\d+\.\d\d", cells[3]), row
-    assert "train/loss and val/loss equal in every run of both: yes" in lines
+        assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", cell) for cell in cells[1:4]), row
+        assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in cells[4:]), row
+    assert "train/loss and val/loss equal in every run of all three: yes" in lines
+    assert re.fullmatch(r"ratio stock/torch: \d+\.\d\d", lines[-2])
     assert re.fullmatch(r"ratio lightning/torch: \d+\.\d\d", lines[-1])
     assert not any(tmp_path.iterdir())  # the runs logged to a temporary directory, since removed
