@@ -32,10 +32,10 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
+from {{ cookiecutter.package_name }}.boundary import DecisionBoundary, switch_off_if_undrawable
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
-from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, quiet
+from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, quiet, settings_problem
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -63,6 +63,11 @@ class CLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        problem = settings_problem(config)  # train_torch.py refuses the same; before LightningCLI seeds
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        switch_off_if_undrawable(config)
         logger = config.trainer.logger
         if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
             logger = None  # another logger's directory is its own business
@@ -112,15 +117,6 @@ class CLI(LightningCLI):
             warnings.filterwarnings("ignore", not_empty, module=module)
         if (run / "config.yaml").is_file():
             self.save_config_callback = None  # the run keeps the config.yaml it started with
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        # Lightning takes 0 (train nothing) and -1 (forever); the cosine schedule needs T_max >= 1.
-        max_epochs = config.trainer.max_epochs
-        if not isinstance(max_epochs, int) or max_epochs < 1:
-            error = f"error: trainer.max_epochs must be a positive integer, got {max_epochs!r}"
-            print(error, file=sys.stderr)
-            sys.exit(2)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init

@@ -33,11 +33,11 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
-from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
+from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation, switch_off_if_undrawable
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
-from {{ cookiecutter.package_name }}.machinery.cli import Parser
+from {{ cookiecutter.package_name }}.machinery.cli import Parser, settings_problem
 from {{ cookiecutter.package_name }}.machinery.plain_run import (
     DEVICES,
     NoWriter,
@@ -94,10 +94,10 @@ def parse(args: list[str] | None = None):
         if trainer[key] not in allowed:
             refused = f"is not implemented by the plain loop (it does {allowed}); use train.py"
             parser.error(f"trainer.{key}={trainer[key]!r} {refused}")
-    max_epochs = trainer.max_epochs
-    if not isinstance(max_epochs, int) or max_epochs < 1:
-        refused = "must be a positive integer for the plain loop"
-        parser.error(f"trainer.max_epochs {refused}, got {max_epochs!r}")
+    problem = settings_problem(config)  # train.py refuses the same
+    if problem is not None:
+        parser.error(problem)
+    switch_off_if_undrawable(config)
     if trainer.accelerator not in DEVICES:
         refused = f"the plain loop runs on one of {list(DEVICES)}"
         parser.error(f"trainer.accelerator={trainer.accelerator!r}: {refused}")

@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 import train_torch
-from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
+from {{ cookiecutter.package_name }}.boundary import PALETTE, TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import make_spiral
 from {{ cookiecutter.package_name }}.model import MLP
 
@@ -71,3 +71,37 @@ def test_every_n_epochs():
     animation = BoundaryAnimation(every_n_epochs=3)
     assert [epoch for epoch in range(10) if animation.wants(epoch)] == [2, 5, 8]
     assert not any(BoundaryAnimation(every_n_epochs=0).wants(epoch) for epoch in range(10))
+
+
+# --- data the picture must draw, or say in one line why not, before training ---
+
+
+@pytest.mark.parametrize("points", [[[0.5, 0.1], [0.5, 0.3]], [[0.2, 0.4], [0.6, 0.4]], [[0.5, 0.5]]])
+def test_points_on_a_line_or_one_point_are_drawn(points):
+    """A span of zero in x or y (one point, or points sharing a coordinate) is drawn, one unit wide around it."""
+    X, y = torch.tensor(points), torch.arange(len(points))
+    image = BoundaryAnimation(resolution=8, scale=2).frame(MLP(2, 4, 3), X, y, epoch=0, val_acc=0.5)
+    assert image.shape == (18 + 16, 16, 3)  # the title, then 8 grid points 2 pixels each
+    for label in y:  # each point's dot, in a dark shade of its class's colour
+        dark = (PALETTE[label] * 0.55).round().to(torch.uint8).numpy()
+        assert np.all(image == dark, axis=-1).sum() == 4
+
+
+@pytest.mark.parametrize("script, args", [("train.py", ["fit"]), ("train_torch.py", [])])
+def test_tiny_data_and_more_classes_than_colours_train_and_say_so(script, args, tmp_path):
+    """One point per class: the validation points share their coordinates. Nine classes: more than the
+    animation's seven colours, so it is off, said in one line before training; the run trains to the end."""
+    for flags, name in (
+        (["--data.points_per_class=1"], "one"),
+        (["--data.points_per_class=30", "--data.classes=9"], "nine"),
+    ):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        result = run(script, *args, *QUIET, "--trainer.max_epochs=2", *flags, cwd=cwd)
+        assert result.returncode == 0, result.stderr[-3000:]
+        gif = next((cwd / "logs").glob("*/version_0/decision_boundary.gif"), None)
+        off = "decision boundary: off, 9 classes are more than the 7 colours it tells apart"
+        if name == "one":
+            assert gif is not None and off not in result.stderr
+        else:
+            assert gif is None and result.stderr.splitlines().count(off) == 1, result.stderr

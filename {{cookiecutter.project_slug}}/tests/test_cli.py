@@ -231,14 +231,27 @@ BAD_VALUES = {
     "noise -1": (["--data.noise=-1"], "data.noise"),
     "max_epochs 0": (["--trainer.max_epochs", "0"], "trainer.max_epochs"),
     "max_epochs -1": (["--trainer.max_epochs=-1"], "trainer.max_epochs"),
+    # Values Lightning takes and the plain loop would treat otherwise: Lightning skips clipping at 0 and below.
+    "gradient_clip_val 0": (["--trainer.gradient_clip_val=0"], "trainer.gradient_clip_val"),
+    "gradient_clip_val -1": (["--trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val"),
+    "gradient_clip_val inf": (["--trainer.gradient_clip_val=inf"], "trainer.gradient_clip_val"),
+    # Finite in the config, infinite in float32: a NaN loss at the first step, after the run's directory exists.
+    "lr inf": (["--model.lr=inf"], "model.lr"),
+    "lr 1e39": (["--model.lr=1e39"], "model.lr"),
+    "noise 1e39": (["--data.noise=1e39"], "data.noise"),
+    "seed -1": (["--seed_everything=-1"], "seed_everything"),
+    "seed 2**32": ([f"--seed_everything={2**32}"], "seed_everything"),
     "persistent_workers without workers": (["--data.persistent_workers=true"], "data.persistent_workers"),
     "an unknown key": (["--model.nope", "1"], "model.nope"),
 }
+if not torch.cuda.is_available():
+    BAD_VALUES["a GPU where there is none"] = (["--trainer.accelerator=gpu"], "trainer.accelerator")
 # One value each just inside what BAD_VALUES is just outside, given the same way.
 GOOD_VALUES = [
     *["--data.batch_size", "1", "--model.lr", "1e-9", "--model.hidden=1", "--model.dropout=0.99"],
     *["--data.val_fraction=0.49", "--data.test_fraction=0.49", "--data.noise=0", "--trainer.max_epochs", "1"],
     *["--data.num_workers=1", "--data.persistent_workers=true"],
+    *["--trainer.gradient_clip_val=1e-9", "--model.lr=3e38", "--data.noise=3e38", f"--seed_everything={2**32 - 1}"],
 ]
 MAINS = {"train.py fit": lambda args: train.main(["fit", *args]), "train_torch.py": train_torch.main}
 
@@ -273,11 +286,19 @@ def test_a_bad_config_value_is_refused_by_name(name, entry, tmp_path, no_trainin
 
 
 @pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"]])
-def test_a_bad_value_is_one_line_and_exit_2_from_the_command_line(command, tmp_path):
-    result = run(*command, "--data.batch_size", "0", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "flag, said",
+    [
+        ("--data.batch_size=0", 'error: Parser key "data.batch_size":'),
+        ("--trainer.gradient_clip_val=0", "error: trainer."),
+    ],
+)
+def test_a_bad_value_is_one_line_and_exit_2_from_the_command_line(command, flag, said, tmp_path):
+    result = run(*command, flag, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith('error: Parser key "data.batch_size":') and line.endswith("--help)"), result.stderr
+    assert line.startswith(said), result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_a_run_says_what_it_did_and_nothing_else(tmp_path):

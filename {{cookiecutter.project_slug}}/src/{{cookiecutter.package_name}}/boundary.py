@@ -7,6 +7,7 @@ configs/default.yaml sets both (every_n_epochs: 0 switches it off).
 """
 
 import functools
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -36,7 +37,8 @@ def render(model: nn.Module, X: Tensor, y: Tensor, resolution: int, scale: int, 
     """
     device = next(model.parameters()).device
     low, high = X.min(dim=0).values, X.max(dim=0).values
-    low, high = low - 0.1 * (high - low), high + 0.1 * (high - low)
+    margin = torch.where(high > low, 0.1 * (high - low), 0.5)  # points on a line: a view one unit wide around it
+    low, high = low - margin, high + margin
     xs = torch.linspace(low[0].item(), high[0].item(), resolution)
     ys = torch.linspace(high[1].item(), low[1].item(), resolution)  # image rows run top to bottom
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # (resolution², 2)
@@ -78,6 +80,14 @@ def gif_palette() -> Image.Image:
     palette = Image.new("P", (1, 1))
     palette.putpalette(colours.flatten().tolist())
     return palette
+
+
+def switch_off_if_undrawable(config) -> None:
+    """Both entry points, before training: more classes than colours, and the animation is off, said in one line."""
+    if config.boundary.every_n_epochs and config.data.classes > len(PALETTE):
+        reason = f"{config.data.classes} classes are more than the {len(PALETTE)} colours it tells apart"
+        print(f"decision boundary: off, {reason}", file=sys.stderr)
+        config.boundary.every_n_epochs = 0
 
 
 class BoundaryAnimation:

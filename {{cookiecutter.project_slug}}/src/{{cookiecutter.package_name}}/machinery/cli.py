@@ -2,6 +2,7 @@
 
 jsonargparse's parser prints the whole usage (60-odd lines here) before its error; these parsers print the
 error alone, on one line, and where the options are listed. train.py: `LightningCLI(parser_class=...)`.
+`settings_problem()` is what both entry points refuse before anything is written, in the same words.
 `quiet()` silences what third parties print that says nothing about this run, each by its message and module.
 """
 
@@ -9,7 +10,8 @@ import logging
 import sys
 import warnings
 
-from jsonargparse import ArgumentParser
+import torch
+from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -31,6 +33,36 @@ class Parser(OneLineErrors, ArgumentParser):
 
 class LightningParser(OneLineErrors, LightningArgumentParser):
     """train.py's parsers, the subcommands' too."""
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max  # beyond it, a setting is inf in the model's and the data's dtype
+SEEDS = range(2**32)  # what seed_everything (numpy's seed) takes
+GPUS = {"gpu": torch.cuda.is_available, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+
+
+def settings_problem(config: Namespace) -> str | None:
+    """The first setting that one loop would refuse, or the two would treat differently, named; None if none.
+
+    Both entry points ask before anything is written, so the two refuse the same values in the same words."""
+    trainer = config.trainer
+    max_epochs = trainer.max_epochs
+    if not isinstance(max_epochs, int) or max_epochs < 1:  # Lightning takes 0 and -1; T_max must be >= 1
+        return f"trainer.max_epochs must be a positive integer, got {max_epochs!r}"
+    clip = trainer.gradient_clip_val
+    # Lightning skips clipping at 0 (and below); clip_grad_norm_ would zero the gradients (or flip them).
+    if clip is not None and not 0 < clip <= FLOAT32_MAX:
+        return f"trainer.gradient_clip_val must be positive and finite, or null for no clipping, got {clip!r}"
+    seed = config.seed_everything
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed not in SEEDS:
+        return f"seed_everything must be in 0..{SEEDS[-1]}, got {seed}"
+    for section in ("model", "data"):
+        for key, value in vars(config[section]).items():
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+                return f"{section}.{key} must be finite (in float32, the model's dtype), got {value!r}"
+    available = GPUS.get(str(trainer.accelerator))
+    if available is not None and not available():
+        return f"trainer.accelerator={trainer.accelerator!r}, but torch finds no such device here"
+    return None
 
 
 # Lightning's info lines that say nothing about this run (rank_zero_info, to this logger).
