@@ -8,7 +8,7 @@ python train.py fit --print_config               # every key, resolved
 
 Interrupted runs go on exactly as they would have without the interruption:
 
-python train.py fit --ckpt_path last             # the newest logs/lightning/version_*/.../last.ckpt
+python train.py fit --ckpt_path last             # the newest run's checkpoints/last.ckpt
 python train.py fit --ckpt_path logs/lightning/version_3/checkpoints/last.ckpt
 
 `last` works for every subcommand. Resuming a fit logs into the checkpoint's own version_N
@@ -34,7 +34,11 @@ from lightning.pytorch.cli import LightningCLI
 
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary, switch_off_if_undrawable
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
-from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
+from {{ cookiecutter.package_name }}.machinery.checkpoints import (
+    CheckpointError,
+    adopt_checkpoint,
+    check_shapes,
+)
 from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, quiet, settings_problem
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
@@ -88,13 +92,17 @@ class CLI(LightningCLI):
         if logger is not None:
             root = Path(logger.init_args.save_dir, logger.init_args.name or "")
         fitting = subcommand == "fit"
-        return adopt_checkpoint(
+        checkpoint, run = adopt_checkpoint(
             config,
             self._parser(subcommand).get_defaults(),
             root,
             ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
             lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
         )
+        # Refused here, before a run directory is made, not when the Trainer loads it.
+        model = SpiralClassifier(**vars(config.model))
+        check_shapes(checkpoint["state_dict"], model.state_dict(), config.ckpt_path)
+        return checkpoint, run
 
     def log_into(self, logger: Namespace, subcommand: str, checkpoint, run: Path | None):
         """A fit resumed from a run's checkpoint goes on in that run's TensorBoard directory, the

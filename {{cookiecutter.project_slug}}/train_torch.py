@@ -3,7 +3,7 @@
     python train_torch.py                     # configs/default.yaml, logs to logs/torch/version_N
     python train_torch.py --trainer.max_epochs 5 --model.lr 3e-3
     python train_torch.py --config configs/smoke.yaml
-    python train_torch.py --ckpt_path last    # the newest logs/torch/version_*/checkpoints/last.pt
+    python train_torch.py --ckpt_path last    # the newest run's checkpoints/last.pt
     torchrun --standalone --nproc_per_node 2 train_torch.py   # DDP, as --trainer.strategy ddp
 
 It reads the keys train.py reads (seed_everything, model.*, data.*, trainer.*) and refuses a
@@ -36,7 +36,11 @@ from torch.utils.tensorboard import SummaryWriter
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation, switch_off_if_undrawable
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
-from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint
+from {{ cookiecutter.package_name }}.machinery.checkpoints import (
+    CheckpointError,
+    adopt_checkpoint,
+    check_shapes,
+)
 from {{ cookiecutter.package_name }}.machinery.cli import Parser, settings_problem
 from {{ cookiecutter.package_name }}.machinery.plain_run import (
     DEVICES,
@@ -51,6 +55,7 @@ from {{ cookiecutter.package_name }}.machinery.stopping import (
     StoppedBySignal,
     StopRequest,
 )
+from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -117,6 +122,9 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
         ("last.pt", ("model", "optimizer", "scheduler", "hparams"), "train_torch.py's loop"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
+    hp = config.model
+    model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)
+    check_shapes(checkpoint["model"], model.state_dict(), config.ckpt_path)
     return checkpoint, run or next_version(root)
 
 

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,10 @@ def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_checkpoint(how, tmp
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10_000))
     [torn] = set(tmp_path.iterdir()) - {path}  # the half-written temporary file: the kill was mid-write
     assert torn.name.startswith(".last.ckpt.") and torn.name.endswith(".tmp")
+    alive = path.with_name(f".last.ckpt.{os.getppid()}.tmp")  # the negative control: a live writer's, kept
+    alive.write_bytes(b"being written")
+    atomic_save({"weights": torch.ones(10_000)}, path)  # the next write cleans up after the killed one
+    assert set(tmp_path.iterdir()) == {path, alive}
     with pytest.raises(TORN):
         torch.load(torn, weights_only=True)
 
@@ -237,6 +242,28 @@ def text(path: Path) -> Path:
     return notes
 
 
+def bit_flipped(path: Path) -> Path:
+    """One bit flipped in the middle of the largest tensor's bytes: still a zip archive torch.load reads."""
+    bad = path.with_name("bad" + path.suffix)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    name_and_extra = int.from_bytes(data[record.header_offset + 26 : record.header_offset + 28], "little")
+    name_and_extra += int.from_bytes(data[record.header_offset + 28 : record.header_offset + 30], "little")
+    data[record.header_offset + 30 + name_and_extra + record.file_size // 2] ^= 0x10
+    bad.write_bytes(data)
+    return bad
+
+
+def settings_edited(path: Path) -> Path:
+    """The weights of hidden=128 under settings that say hidden=64 (a checkpoint edited, or put together)."""
+    checkpoint = torch.load(path, weights_only=True)
+    (checkpoint["hyper_parameters"] if path.suffix == ".ckpt" else checkpoint["hparams"]["model"])["hidden"] = 64
+    bad = path.with_name("bad" + path.suffix)
+    torch.save(checkpoint, bad)
+    return bad
+
+
 def other_loops(path: Path) -> Path:
     return Path(CHECKPOINTS["train_torch.py" if path.suffix == ".ckpt" else "train.py fit"])
 
@@ -248,6 +275,12 @@ BAD = {
     "a truncated file": (truncated, [], "error: {path}: not a readable checkpoint, truncated or corrupt? ("),
     "a text file": (text, [], "error: {path}: not a readable checkpoint, truncated or corrupt? ("),
     "the other loop's checkpoint": (other_loops, [], "error: {path}: not a checkpoint of "),
+    "one bit flipped in a tensor": (bit_flipped, [], "error: {path}: corrupt, its record "),
+    "weights that are not its settings' shape": (
+        settings_edited,
+        [],
+        "error: {path} holds a model of another shape: ",
+    ),
     "another model shape": (
         lambda path: path,
         ["--model.hidden=64"],
@@ -280,6 +313,19 @@ def test_ckpt_path_last_without_a_run_is_refused(entry, tmp_path, monkeypatch, c
     side, filename = ("lightning", "last.ckpt") if entry == "train.py fit" else ("torch", "last.pt")
     assert said == f"error: --ckpt_path last: there is no logs/{side}/version_*/checkpoints/{filename}"
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("entry", MAINS)
+def test_ckpt_path_last_refuses_a_newest_run_without_a_checkpoint(entry, at_fitted, capsys):
+    """Killed before its first epoch ended, version_1 has its config and no checkpoint: `last` does not pass it
+    over for version_0, a run that finished, which would train nothing and exit 0."""
+    newest = Path(CHECKPOINTS[entry]).parents[2] / "version_1"
+    newest.mkdir()
+    (newest / "config.yaml").write_text("seed_everything: 0\n")
+    before = files(at_fitted)
+    said = refused(entry, [*TINY, "--trainer.max_epochs=1", "--ckpt_path=last"], capsys)
+    assert said.startswith(f"error: --ckpt_path last: the newest run, {newest}, stopped before its first checkpoint")
+    assert files(at_fitted) == before
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])

@@ -13,6 +13,7 @@
 """
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_torn_writes(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("wb") as file:
@@ -54,6 +56,24 @@ def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def remove_torn_writes(path: Path) -> None:
+    """Delete what a writer of `path` killed mid-write left: `.<name>.<pid>.tmp` of a process that is gone."""
+    for torn in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = torn.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if pid.isdigit() and not process_exists(int(pid)):
+            torn.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, another user's
+        return True
+    return True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -94,8 +114,7 @@ class ExactResume:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights are loaded: a checkpoint of another shape is refused by name, not by a traceback.
-        if differences := shape_differences(checkpoint["state_dict"], self.state_dict()):
-            raise CheckpointError(f"the checkpoint holds a model of another shape: {', '.join(differences[:3])}")
+        check_shapes(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
         # Resuming a fit, not load_from_checkpoint() or a test: go on with the interrupted run's random numbers.
         if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
@@ -105,11 +124,19 @@ class ExactResume:
 
 
 def newest(root: Path, filename: str) -> Path:
-    """root/version_*/checkpoints/<filename> written last: what `--ckpt_path last` resumes."""
-    found = sorted(root.glob(f"version_*/checkpoints/{filename}"), key=lambda path: path.stat().st_mtime)
-    if not found:
+    """What `--ckpt_path last` resumes: the checkpoint of the newest run, root/version_N with the highest N.
+
+    A newest run without one (killed before its first epoch ended) is refused, not passed over for an older run."""
+    runs = [run for run in root.glob("version_*") if run.name.removeprefix("version_").isdigit()]
+    if not runs:
         raise CheckpointError(f"--ckpt_path last: there is no {root / 'version_*' / 'checkpoints' / filename}")
-    return found[-1]
+    run = max(runs, key=lambda run: int(run.name.removeprefix("version_")))
+    if not (run / "checkpoints" / filename).is_file():
+        raise CheckpointError(
+            f"--ckpt_path last: the newest run, {run}, stopped before its first checkpoint; start it again without"
+            " --ckpt_path, or name another run's checkpoint"
+        )
+    return run / "checkpoints" / filename
 
 
 def run_directory(checkpoint: Path, root: Path) -> Path | None:
@@ -125,6 +152,13 @@ def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, A
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
+    try:  # torch.save writes a zip archive with a CRC-32 of each record, which torch.load does not check
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError):
+        damaged = None  # not a whole zip archive: torch.load says what it is
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupt, its record {damaged} fails its CRC-32 check")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -177,6 +211,12 @@ def adopt_checkpoint(
         own = f"; --config {config_file} gives the run's own" if config_file and config_file.is_file() else ""
         raise CheckpointError(f"{path} was trained with other settings: {', '.join(conflicts)}{own}")
     return checkpoint, run
+
+
+def check_shapes(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], checkpoint: str) -> None:
+    """CheckpointError naming the first parameters whose shapes in `saved` are not those of `expected`."""
+    if differences := shape_differences(saved, expected):
+        raise CheckpointError(f"{checkpoint} holds a model of another shape: {', '.join(differences[:3])}")
 
 
 def shape_differences(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
