@@ -39,7 +39,7 @@ from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     adopt_checkpoint,
     check_shapes,
 )
-from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, quiet, settings_problem
+from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, one_line_errors, quiet, settings_problem
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -164,4 +164,5 @@ def main(args: list[str] | None = None) -> CLI:
 if __name__ == "__main__":
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # this small MLP trains fastest on one thread: docs/performance.md
-    main()
+    with one_line_errors():
+        main()

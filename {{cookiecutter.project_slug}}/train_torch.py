@@ -41,7 +41,7 @@ from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     adopt_checkpoint,
     check_shapes,
 )
-from {{ cookiecutter.package_name }}.machinery.cli import Parser, settings_problem
+from {{ cookiecutter.package_name }}.machinery.cli import Parser, one_line_errors, settings_problem
 from {{ cookiecutter.package_name }}.machinery.plain_run import (
     DEVICES,
     NoWriter,
@@ -187,7 +187,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
         print(said, file=sys.stderr)
         sys.exit(128 + stopped.signal)
-    except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C under torchrun
+    except KeyboardInterrupt:  # Ctrl-C under torchrun, which stops every process at once
         said = "no checkpoint yet"
         if checkpoint.exists():
             said = f"resume from the last checkpoint with: {command}"
@@ -207,4 +207,5 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
 if __name__ == "__main__":
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # this small MLP trains fastest on one thread: docs/performance.md
-    main()
+    with one_line_errors():
+        main()

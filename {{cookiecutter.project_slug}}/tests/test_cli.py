@@ -349,3 +349,25 @@ def test_the_default_progress_bar_refreshes_every_10_steps(flags, refresh_rate, 
         assert trainer.progress_bar_callback is None and bars == []
     else:
         assert bars == [trainer.progress_bar_callback] and trainer.progress_bar_callback.refresh_rate == refresh_rate
+
+
+@pytest.mark.parametrize("entry", MAINS)
+def test_a_config_file_that_is_not_utf8_is_named_in_one_line(entry, tmp_path, no_training, capsys):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("model:\n  hidden: 64  # größer\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as stop:
+        MAINS[entry]([*TINY, f"--config={config}"])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {config}: not UTF-8 text ("), line
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"]])
+def test_logs_that_is_a_file_is_named_in_one_line_and_left_alone(command, tmp_path):
+    (tmp_path / "logs").write_text("my notes\n")
+    result = run(*command, *TINY, cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "logs" in line and line.endswith(": Not a directory"), line
+    assert (tmp_path / "logs").read_text() == "my notes\n" and [p.name for p in tmp_path.iterdir()] == ["logs"]

@@ -259,6 +259,8 @@ BAD_FILES = {
     "-inf": ("x1,x2,label\n-inf,0.5,1\n" + body(), 2, "coordinates must be finite"),
     "a label too large": (body() + "0.5,0.5,3\n", 6, "label 3 is outside 0..2 (data.classes=3)"),
     "a negative label": (body() + "0.5,0.5,-1\n", 6, "label -1 is outside 0..2"),
+    "beyond float32": (body() + "0.5,1e39,1\n", 6, "coordinates must be finite in float32"),
+    "a field beyond csv's limit": (body() + '"' + "1" * 200_000 + '",0.5,1\n', 6, "field larger than field limit"),
     "undecodable bytes": (body().encode() + b"0.5,\xff\xfe,1\n", 6, "expected numbers"),
     "a semicolon file": (body().replace(",", ";"), 1, "expected 3 columns x1,x2,label, found 1"),
 }
@@ -285,9 +287,23 @@ def test_a_file_without_points_is_named(tmp_path, text, says):
         load_csv(path, classes=3)
 
 
-def test_a_directory_is_not_a_file(tmp_path):
-    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path))}: no such file$"):
-        load_csv(tmp_path, classes=3)
+@pytest.mark.parametrize("path", ["{tmp_path}", "/dev/zero"], ids=["a directory", "a device"])
+def test_what_is_not_a_regular_file_is_named(tmp_path, path):
+    path = Path(path.format(tmp_path=tmp_path))
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: not a regular file$"):
+        load_csv(path, classes=3)
+
+
+def test_a_file_it_may_not_read_is_named(tmp_path, monkeypatch):
+    """As a file without read permission, for a user other than root (who may read any)."""
+    path = write(tmp_path, body())
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: Permission denied$"):
+        load_csv(path, classes=3)
 
 
 def test_a_bad_file_fails_before_training_in_prepare_data(tmp_path):

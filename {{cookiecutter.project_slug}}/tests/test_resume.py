@@ -249,3 +249,24 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cl
     resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=ENV, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     assert mismatches(final(tmp_path, "lightning"), expected) == []
+
+
+@pytest.mark.parametrize("script, side", [("train.py", "lightning"), ("train_torch.py", "torch")])
+def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script, side, tmp_path):
+    """Within milliseconds of the first, the second can land anywhere: in the stop's own checkpoint write, in the
+    handling of the first, in Lightning's code. Exit 130 (or death by SIGINT, which a shell reports as 130)."""
+    args = ["fit", *LIGHTNING] if side == "lightning" else []
+    command = [sys.executable, str(ROOT / script), *args, *LONGER]
+    process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "logs" / side / "version_0" / "checkpoints" / ENTRY[side][1]
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for _ in range(2):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+    _, stderr = process.communicate(timeout=120)
+    said = stderr.decode()
+    assert process.returncode in (130, -signal.SIGINT), said[-3000:]
+    assert "Traceback" not in said and said.strip().splitlines()[-1].startswith("SIGINT: "), said[-3000:]
+    assert torch.load(checkpoint, weights_only=True)  # whole: the last one written, or the stop's

@@ -8,7 +8,6 @@ A CSV for `path` has one point per line, `x1,x2,label`, labels 0..classes-1; a h
 """
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from {{ cookiecutter.package_name }}.machinery.loaders import loader
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class DataError(ValueError):
@@ -37,31 +38,43 @@ def make_spiral(points_per_class: int, classes: int, noise: float, generator: to
 
 def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
     """Read `x1,x2,label` rows; raise DataError naming the file and line of the first bad row."""
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    try:
+        # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first number; undecodable bytes
+        # become U+FFFD, so the row fails below with its line number instead of a UnicodeDecodeError.
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as file:
+            reader = csv.reader(file)
+            return parse_rows(path, reader, classes)
+    except csv.Error as error:  # a field longer than csv's limit, a NUL byte
+        raise DataError(f"{path}:{reader.line_num}: {error}") from None
+    except OSError as error:  # no permission to read it
+        raise DataError(f"{path}: {error.strerror}") from None
+
+
+def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
     points, labels = [], []
     header_allowed = True  # on the first row that is not blank
-    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first number; undecodable bytes
-    # become U+FFFD, so the row fails below with its line number instead of a UnicodeDecodeError.
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as file:
-        for line, row in enumerate(csv.reader(file), start=1):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            is_first, header_allowed = header_allowed, False
-            if len(row) != 3:
-                raise DataError(f"{path}:{line}: expected 3 columns x1,x2,label, found {len(row)}")
-            try:
-                x1, x2, label = float(row[0]), float(row[1]), int(row[2])
-            except ValueError:
-                if is_first:
-                    continue  # a header
-                raise DataError(f"{path}:{line}: expected numbers x1,x2 and an integer label, found {row}") from None
-            if not (math.isfinite(x1) and math.isfinite(x2)):
-                raise DataError(f"{path}:{line}: coordinates must be finite, found {row[0]},{row[1]}")
-            if not 0 <= label < classes:
-                raise DataError(f"{path}:{line}: label {label} is outside 0..{classes - 1} (data.classes={classes})")
-            points.append((x1, x2))
-            labels.append(label)
+    for line, row in enumerate(rows, start=1):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        is_first, header_allowed = header_allowed, False
+        if len(row) != 3:
+            raise DataError(f"{path}:{line}: expected 3 columns x1,x2,label, found {len(row)}")
+        try:
+            x1, x2, label = float(row[0]), float(row[1]), int(row[2])
+        except ValueError:
+            if is_first:
+                continue  # a header
+            raise DataError(f"{path}:{line}: expected numbers x1,x2 and an integer label, found {row}") from None
+        if not (abs(x1) <= FLOAT32_MAX and abs(x2) <= FLOAT32_MAX):  # beyond it, inf in the float32 tensor
+            raise DataError(f"{path}:{line}: coordinates must be finite in float32, found {row[0]},{row[1]}")
+        if not 0 <= label < classes:
+            raise DataError(f"{path}:{line}: label {label} is outside 0..{classes - 1} (data.classes={classes})")
+        points.append((x1, x2))
+        labels.append(label)
     if not points:
         raise DataError(f"{path}: no data rows")
     return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)

@@ -7,16 +7,28 @@ error alone, on one line, and where the options are listed. train.py: `Lightning
 """
 
 import logging
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch.cli import LightningArgumentParser
 
+from {{ cookiecutter.package_name }}.machinery.stopping import stop_at_once
+
 
 class OneLineErrors:
+    def parse_path(self, cfg_path, *args, **kwargs):
+        """A --config file, which must be UTF-8 text: else one line naming it, not a UnicodeDecodeError."""
+        try:
+            return super().parse_path(cfg_path, *args, **kwargs)
+        except UnicodeDecodeError as error:
+            self.error(f"{cfg_path}: not UTF-8 text ({error.reason} at byte {error.start})")
+
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # a caller that handles the error itself
             return super().error(message, ex)
@@ -33,6 +45,23 @@ class Parser(OneLineErrors, ArgumentParser):
 
 class LightningParser(OneLineErrors, LightningArgumentParser):
     """train.py's parsers, the subcommands' too."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Around a script's main(): what escapes it, said in one line. A Ctrl-C the run did not catch (a second one
+    while it stops, or one before training started) exits with 130; a file or directory it cannot read or write
+    (logs/ a file, read-only, a full disk) with 1, naming it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("\nSIGINT: stopped at once", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        sys.exit(f"error: {where}{error.strerror or error}")
+    finally:
+        signal.signal(signal.SIGINT, stop_at_once)  # while the process ends: no traceback from its last steps
 
 
 FLOAT32_MAX = torch.finfo(torch.float32).max  # beyond it, a setting is inf in the model's and the data's dtype
@@ -71,6 +100,7 @@ NOT_NEWS = (
     "GPU available: False, used: False",
     "TPU available: False, using: 0 TPU cores",
     "HPU available: False, using: 0 HPUs",  # lightning < 2.6
+    "\nDetected KeyboardInterrupt",  # Lightning's, before GracefulStop says what happened
     "Seed set to",  # the seed is in the run's config.yaml; printed first, it would stand before an error
 )
 

@@ -26,12 +26,20 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
+def stop_at_once(signum: int = signal.SIGINT, frame=None) -> None:
+    """A signal handler: one line, and exit with 130 now. The checkpoints on disk are whole (written atomically),
+    and the last one resumes the run."""
+    print("\nSIGINT: stopped at once; --ckpt_path last resumes from the last checkpoint", file=sys.stderr, flush=True)
+    os._exit(128 + signal.SIGINT)
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM only note that a stop was asked for; the loop stops where it can go on from.
 
     Python's own SIGINT handler raises KeyboardInterrupt wherever the program is, in the middle of Adam's update
     too. Here the first signal sets `signal`, and the loop (plain_run.py, or GracefulStop for Lightning) stops after the
-    batch; a second Ctrl-C raises KeyboardInterrupt at once.
+    batch; a second Ctrl-C ends the process at once (`stop_at_once`): a KeyboardInterrupt could land in any code,
+    Lightning's too, which turns it into exit 1, or in the handling of the first signal.
     """
 
     when = "after this batch"  # when the loop stops, for the message
@@ -51,7 +59,7 @@ class StopRequest:
             os.kill(os.getpid(), signum)
             return
         if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            stop_at_once(signum, frame)
         self.signal = signal.Signals(signum)
         print(f"\n{self.signal.name}: stopping {self.when} (Ctrl-C again: at once)", file=sys.stderr)
 
@@ -123,6 +131,8 @@ class GracefulStop(StopRequest, L.Callback):
         trainer.save_checkpoint(self.saved, weights_only=False)  # as ModelCheckpoint's: all of it
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):  # Ctrl-C before training started: Lightning would exit with 1
+            stop_at_once()
         if self.signal is None or not isinstance(exception, SIGTERMException):
             return  # any other exception: no checkpoint from a state that may be broken
         if self.saved is None:
