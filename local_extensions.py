@@ -59,7 +59,24 @@ def check_typed(answers, key: str) -> str:
     return ""
 
 
+def given() -> dict:
+    """The answers given as key=value (cookiecutter's extra_context), before cookiecutter drops those it does not
+    know; {} under --replay. Cookiecutter hands its filters only the known ones, so this asks up the stack."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "cookiecutter" and "extra_context" in frame.f_locals:
+            return frame.f_locals["extra_context"] or {}
+        frame = frame.f_back
+    return {}
+
+
 @simple_filter
 def check_answers(answers) -> str:
-    stop(load_rules().problems(dict(answers)))
+    known = [key for key in answers if not key.startswith("_")]
+    unknown = [
+        f"error: {key} is not one of this template's answers ({', '.join(known)}); pass only those"
+        for key in given()
+        if key not in known
+    ]
+    stop(unknown + load_rules().problems(dict(answers)))
     return ""

@@ -16,30 +16,37 @@ import keyword
 import re
 import sys
 import unicodedata
+from email.headerregistry import Address
 
-# Imported by the generated project or by its dev tools: a package of the same name would shadow them.
-DEPENDENCIES = {
-    "torch",
-    "lightning",
-    "pytorch_lightning",
-    "lightning_fabric",
-    "torchmetrics",
-    "tensorboard",
-    "jsonargparse",
-    "matplotlib",
-    "numpy",
-    "pytest",
-    "ruff",
-}
-# `python train.py` puts the project root first on sys.path, so `import train` would find train.py, not the package.
-SCRIPTS = {"train", "train_torch"}
+# Imported by the generated project, its dependencies or its dev tools: a package of the same name would shadow
+# them. The top-level modules of the distributions installed with the project's dependencies and dev extra
+# (torch 2.13, lightning 2.6.6, tensorboard, ...: protobuf's `google`, grpcio's `grpc`, ...) and of cookiecutter.
+DEPENDENCIES = set(
+    "absl aiohappyeyeballs aiohttp aiosignal arrow attr attrs binaryornot certifi charset_normalizer click contourpy"
+    " cookiecutter cycler dateutil docstring_parser filelock frozenlist fsspec functorch google grpc idna iniconfig"
+    " isympy jinja2 jsonargparse kiwisolver lightning lightning_fabric lightning_utilities markdown markdown_it"
+    " markupsafe matplotlib mdurl mpl_toolkits mpmath multidict networkx numpy packaging pip pluggy propcache py"
+    " pygments pylab pyparsing pytest pytorch_lightning requests rich ruff setuptools slugify sympy tensorboard"
+    " tensorboard_data_server text_unidecode torch torchgen torchmetrics tqdm typeshed_client typing_extensions"
+    " tzdata urllib3 uv werkzeug yaml yarl".split()
+)
+# sys.stdlib_module_names leaves out the standard library's own `test` package and its frozen demo modules.
+STDLIB = set(sys.stdlib_module_names) | {"test", "__hello__", "__phello__"}
+# `python train.py` puts the project root first on sys.path, so `import train` would find train.py, not the package;
+# the tests import conftest.py by that name, and the benchmark imports benchmarks/ as a namespace package.
+SCRIPTS = {"train", "train_torch", "conftest", "benchmarks"}
+# Names become directories and files (<package>.egg-info, the wheel's name, ...): well within a file name's 255 bytes.
+LONGEST = 100
 LICENSES = ("MIT", "BSD-3-Clause", "Apache-2.0", "none")
 TEXT_FIELDS = ("project_name", "project_slug", "package_name", "author_name", "author_email", "description")
 # A directory name that is also a valid distribution name (PEP 508): no path separators, no `.` or `..`.
 SLUG = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
 # PEP 8: "short, all-lowercase names"; ASCII, because pip, setuptools and file systems disagree on the rest.
 PACKAGE = re.compile(r"[a-z_][a-z0-9_]*")
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+# A dot-atom before the @ (no leading, trailing or double dots), DNS labels after it: what pip's build backend
+# (email.headerregistry.Address, checked below too) accepts in the package's metadata.
+ATOM, LABEL = r"[A-Za-z0-9%+_-]+", r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+EMAIL = re.compile(rf"{ATOM}(\.{ATOM})*@{LABEL}(\.{LABEL})+")
 
 
 def package_problem(name: str) -> str | None:
@@ -49,19 +56,30 @@ def package_problem(name: str) -> str | None:
         return "is not a Python identifier (letters, digits and '_', not starting with a digit)"
     if not PACKAGE.fullmatch(name):
         return "is not a PEP 8 package name (lowercase ASCII letters, digits and '_')"
-    if name in sys.stdlib_module_names:
+    if len(name) > LONGEST:
+        return f"is longer than {LONGEST} characters"
+    if name in STDLIB:
         return "would shadow the standard-library module of that name"
     if name in DEPENDENCIES:
         return "would shadow the package of that name that the project imports"
     if name in SCRIPTS:
-        return f"would be hidden by the project's own {name}.py"
+        return "is taken by the project's own files (train.py, train_torch.py, tests/conftest.py, benchmarks/)"
     return None
+
+
+def metadata_address(name: str, email: str) -> bool:
+    """Whether the build backend can write `name <email>` into the package's metadata, as setuptools does."""
+    try:
+        str(Address(display_name=name, addr_spec=email))
+    except (ValueError, IndexError):  # email's parser raises HeaderParseError or InvalidHeaderDefect, ValueErrors
+        return False
+    return True
 
 
 def suggestion(answers: dict) -> str:
     """A package name made from the project's slug that passes package_problem, for the hint."""
     name = re.sub(r"[^a-z0-9_]", "_", str(answers.get("project_slug", "")).lower()) or "spiral_classifier"
-    name = f"pkg_{name}" if name[0].isdigit() else name
+    name = (f"pkg_{name}" if name[0].isdigit() else name)[: LONGEST - len("_pkg")]
     return name if package_problem(name) is None else f"{name}_pkg"
 
 
@@ -83,7 +101,9 @@ def problems(answers: dict) -> list[str]:
             found.append(f"error: {key} is empty; pass {key}=<text>")
     if "project_slug" in answers:
         slug = str(answers["project_slug"])
-        if not SLUG.fullmatch(slug):
+        if len(slug) > LONGEST:
+            found.append(f"error: project_slug is longer than {LONGEST} characters; pass project_slug=<a shorter name>")
+        elif not SLUG.fullmatch(slug):
             found.append(
                 f"error: project_slug {slug!r} is not a plain directory name (lowercase letters, digits, '.', '_', '-',"
                 " starting and ending with a letter or digit); pass project_slug=<name>, e.g. spiral-classifier"
@@ -95,7 +115,7 @@ def problems(answers: dict) -> list[str]:
             found.append(f"error: package_name {name!r} {why}; pass package_name=<name>, e.g. {suggestion(answers)}")
     if "author_email" in answers:
         email = str(answers["author_email"])
-        if not EMAIL.fullmatch(email):
+        if not EMAIL.fullmatch(email) or not metadata_address(str(answers.get("author_name", "")), email):
             found.append(
                 f"error: author_email {email!r} is not of the form name@example.com; pass author_email=<address>"
             )

@@ -52,12 +52,22 @@ INVALID = [
     ("package_name=json", "package_name"),
     ("package_name=os", "package_name"),
     ("package_name=train", "package_name"),
+    ("package_name=test", "package_name"),  # the standard library's tests, which sys.stdlib_module_names leaves out
+    ("package_name=google", "package_name"),  # protobuf's, which tensorboard imports
+    ("package_name=conftest", "package_name"),
+    ("package_name=benchmarks", "package_name"),
+    ("package_name=" + "a" * 101, "package_name"),
+    ("project_slug=" + "a" * 101, "project_slug"),
+    ("project_name=" + "A" * 300, "project_slug"),  # its slug: a file name too long for most file systems
     ("project_slug=../evil", "project_slug"),
     ("project_slug=a/b", "project_slug"),
     ("project_slug=", "project_slug"),
     ("project_slug=.", "project_slug"),
     ("author_email=nope", "author_email"),
     ("author_email=a@b", "author_email"),
+    ("author_email=a..b@example.com", "author_email"),  # the form, but not an address pip's backend can write
+    ("author_email=.a@example.com", "author_email"),
+    ("author_email=a@-b.example.com", "author_email"),
     ("project_name=two\nlines", "project_name"),
     ("author_name=", "author_name"),
     ("license=GPL", "license"),
@@ -65,7 +75,7 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("answer", "field"), INVALID, ids=[answer for answer, _ in INVALID])
+@pytest.mark.parametrize(("answer", "field"), INVALID, ids=[answer[:40] for answer, _ in INVALID])
 def test_invalid_answer_stops_with_one_line_and_leaves_nothing(bake, answer, field):
     done = bake(answer)
     stderr = done.result.stderr.strip()
@@ -74,6 +84,14 @@ def test_invalid_answer_stops_with_one_line_and_leaves_nothing(bake, answer, fie
     assert f"pass {field}=" in stderr  # says how to fix it
     assert list(done.output.iterdir()) == []
     assert not (done.output.parent / "evil").exists()
+
+
+def test_an_answer_the_template_does_not_ask_for_is_refused(bake):
+    """A misspelt key would otherwise be dropped silently, and the default baked in its place."""
+    done = bake("project_nmae=Moon")
+    [line] = done.result.stderr.strip().splitlines()
+    assert done.result.returncode != 0 and line.startswith("error: project_nmae is not one of this template's answers")
+    assert list(done.output.iterdir()) == []
 
 
 def test_every_invalid_answer_is_named_at_once(bake):
