@@ -67,7 +67,8 @@ class CLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        problem = settings_problem(config)  # train_torch.py refuses the same; before LightningCLI seeds
+        # Before LightningCLI seeds; train_torch.py refuses the same.
+        problem = settings_problem(config)
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)

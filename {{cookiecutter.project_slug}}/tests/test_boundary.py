@@ -12,7 +12,7 @@ from {{ cookiecutter.package_name }}.boundary import PALETTE, TAG, BoundaryAnima
 from {{ cookiecutter.package_name }}.data import make_spiral
 from {{ cookiecutter.package_name }}.model import MLP
 
-from conftest import QUIET, SMALL, run
+from conftest import QUIET, SMALL, fit, run
 
 
 def gif_frames(path) -> list[np.ndarray]:
@@ -87,21 +87,20 @@ def test_points_on_a_line_or_one_point_are_drawn(points):
         assert np.all(image == dark, axis=-1).sum() == 4
 
 
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_one_point_per_class_trains_and_is_drawn(side, tmp_path):
+    """Its validation points share their coordinates: the picture is drawn, one unit wide."""
+    flags = ["--trainer.max_epochs=2", "--data.points_per_class=1"]
+    fit(side, [*QUIET, *flags, f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert (tmp_path / side / "version_0" / "decision_boundary.gif").is_file()
+
+
 @pytest.mark.parametrize("script, args", [("train.py", ["fit"]), ("train_torch.py", [])])
-def test_tiny_data_and_more_classes_than_colours_train_and_say_so(script, args, tmp_path):
-    """One point per class: the validation points share their coordinates. Nine classes: more than the
-    animation's seven colours, so it is off, said in one line before training; the run trains to the end."""
-    for flags, name in (
-        (["--data.points_per_class=1"], "one"),
-        (["--data.points_per_class=30", "--data.classes=9"], "nine"),
-    ):
-        cwd = tmp_path / name
-        cwd.mkdir()
-        result = run(script, *args, *QUIET, "--trainer.max_epochs=2", *flags, cwd=cwd)
-        assert result.returncode == 0, result.stderr[-3000:]
-        gif = next((cwd / "logs").glob("*/version_0/decision_boundary.gif"), None)
-        off = "decision boundary: off, 9 classes are more than the 7 colours it tells apart"
-        if name == "one":
-            assert gif is not None and off not in result.stderr
-        else:
-            assert gif is None and result.stderr.splitlines().count(off) == 1, result.stderr
+def test_more_classes_than_colours_switch_the_animation_off_in_one_line(script, args, tmp_path):
+    """More than its seven colours: the animation is off, said in one line before training; the run trains."""
+    flags = ["--trainer.max_epochs=2", "--data.points_per_class=30", "--data.classes=9"]
+    result = run(script, *args, *QUIET, *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    off = "decision boundary: off, 9 classes are more than the 7 colours it tells apart"
+    assert result.stderr.splitlines().count(off) == 1, result.stderr
+    assert not list((tmp_path / "logs").glob("*/version_0/decision_boundary.gif"))
