@@ -21,6 +21,13 @@ stops at once. A NaN or infinite loss stops the run, naming the step, and leaves
 they were. Checkpoints are written atomically: a kill never leaves a torn one.
 """
 
+import signal
+
+if __name__ == "__main__":  # first: a Ctrl-C while the libraries load is one line, no traceback
+    from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+
+    signal.signal(signal.SIGINT, stop_at_once)
+
 import os
 import sys
 import warnings

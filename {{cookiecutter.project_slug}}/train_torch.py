@@ -22,8 +22,14 @@ each epoch. A signal then stops the processes at once: the run goes on from the 
 checkpoint.
 """
 
-import os
 import signal
+
+if __name__ == "__main__":  # first: a Ctrl-C while the libraries load is one line, no traceback
+    from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+
+    signal.signal(signal.SIGINT, stop_at_once)
+
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -149,9 +155,12 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
             parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
-    # Under torchrun, a signal stops every process at once.
+    # Under torchrun, a signal stops every process at once, as a KeyboardInterrupt (below).
     stop = None if launched_by_torchrun() else StopRequest()
-    previous = stop.listen() if stop is not None else {}
+    if stop is not None:
+        previous = stop.listen()
+    else:
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
     if stop is None:  # torchrun's processes
         command = f"the same torchrun command with --ckpt_path {checkpoint}"

@@ -270,3 +270,15 @@ def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script,
     assert process.returncode in (130, -signal.SIGINT), said[-3000:]
     assert "Traceback" not in said and said.strip().splitlines()[-1].startswith("SIGINT: "), said[-3000:]
     assert torch.load(checkpoint, weights_only=True)  # whole: the last one written, or the stop's
+
+
+@pytest.mark.parametrize("script", ["train.py", "train_torch.py"])
+def test_ctrl_c_while_the_libraries_load_is_one_line_and_130(script, tmp_path):
+    """0.3 s in, the script is still importing torch and Lightning; nothing has been written."""
+    command = [sys.executable, str(ROOT / script), *(["fit"] if script == "train.py" else [])]
+    process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.decode().split() == ["SIGINT:", "stopped", "at", "once"], stderr
+    assert not any(tmp_path.iterdir())

@@ -18,7 +18,7 @@ from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch.cli import LightningArgumentParser
 
-from {{ cookiecutter.package_name }}.machinery.stopping import stop_at_once
+from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
 
 
 class OneLineErrors:
@@ -100,7 +100,6 @@ NOT_NEWS = (
     "GPU available: False, used: False",
     "TPU available: False, using: 0 TPU cores",
     "HPU available: False, using: 0 HPUs",  # lightning < 2.6
-    "\nDetected KeyboardInterrupt",  # Lightning's, before GracefulStop says what happened
     "Seed set to",  # the seed is in the run's config.yaml; printed first, it would stand before an error
 )
 

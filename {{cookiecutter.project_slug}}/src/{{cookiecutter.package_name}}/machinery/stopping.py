@@ -16,6 +16,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the message names the step."""
@@ -24,13 +26,6 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(
             f"{tag} is {value} at step {step} (epoch {epoch}): training stopped, no checkpoint was written from it"
         )
-
-
-def stop_at_once(signum: int = signal.SIGINT, frame=None) -> None:
-    """A signal handler: one line, and exit with 130 now. The checkpoints on disk are whole (written atomically),
-    and the last one resumes the run."""
-    print("\nSIGINT: stopped at once; --ckpt_path last resumes from the last checkpoint", file=sys.stderr, flush=True)
-    os._exit(128 + signal.SIGINT)
 
 
 class StopRequest:
@@ -131,8 +126,6 @@ class GracefulStop(StopRequest, L.Callback):
         trainer.save_checkpoint(self.saved, weights_only=False)  # as ModelCheckpoint's: all of it
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):  # Ctrl-C before training started: Lightning would exit with 1
-            stop_at_once()
         if self.signal is None or not isinstance(exception, SIGTERMException):
             return  # any other exception: no checkpoint from a state that may be broken
         if self.saved is None:
