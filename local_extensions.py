@@ -9,10 +9,13 @@ it in `_extensions`, with the template's root on sys.path.
 
 import importlib.util
 import inspect
+import json
+import re
 import sys
 from pathlib import Path
 
 from cookiecutter.utils import simple_filter
+from jinja2.ext import Extension
 
 
 def load_rules():
@@ -68,6 +71,23 @@ def given() -> dict:
             return frame.f_locals["extra_context"] or {}
         frame = frame.f_back
     return {}
+
+
+class AnswersAsText(Extension):
+    """Answers are text. Cookiecutter renders every value with Jinja, answers given as key=value too, so that
+    `{{ 7*7 }}` would become 49 and `{{ 1/0 }}` a traceback; each reaches Jinja through here first, and an answer
+    that holds Jinja's delimiters is handed on as a raw block, which renders as the text it is."""
+
+    def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
+        if name is not None or not JINJA.search(source) or source not in map(str, given().values()):
+            return source  # a template's file, or one of cookiecutter.json's own values
+        # A raw block ends at the first endraw tag: one inside the answer is written as a string expression.
+        text = ENDRAW.sub(lambda tag: "{% endraw %}{{ " + json.dumps(tag.group()) + " }}{% raw %}", source)
+        return "{% raw %}" + text + "{% endraw %}"
+
+
+JINJA = re.compile(r"\{[{%#]")
+ENDRAW = re.compile(r"\{%-?\s*endraw\s*-?%\}")
 
 
 @simple_filter

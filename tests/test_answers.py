@@ -7,10 +7,11 @@ import warnings
 
 import pytest
 
+# Jinja's delimiters too: answers are text, not templates ({{ 1/0 }} would otherwise stop the bake with a traceback).
 HOSTILE = {
-    "project_name": 'Ünïcödé "Spiral" \\ Tool\'s 🌀',
-    "description": 'Say "hi" \\n isn\'t a newline; C:\\path\\ – ½ ✓ 🌀',
-    "author_name": 'Zoë O\'Brien "the" \\ Dev',
+    "project_name": 'Ünïcödé "Spiral" \\ Tool\'s 🌀 {{ 7*7 }}',
+    "description": 'Say "hi" \\n isn\'t a newline; C:\\path\\ – ½ ✓ 🌀 {{ 1/0 }} {% endraw %} {% if %}',
+    "author_name": 'Zoë O\'Brien "the" \\ Dev {# not a comment #}',
 }
 
 
