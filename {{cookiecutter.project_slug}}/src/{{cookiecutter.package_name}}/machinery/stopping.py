@@ -100,10 +100,13 @@ class GracefulStop(StopRequest, L.Callback):
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stop = self.signal is not None
         if trainer.world_size > 1:  # DDP: every process stops when one of them was asked to
-            if trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
-                self.signal = self.signal or signal.SIGTERM
-        if self.signal is not None:
+            # Decided once for all: a signal that lands after this answer waits for the next epoch's end, or one
+            # process would save (a collective) and stop while the others go on.
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.signal = self.signal or signal.SIGTERM
             self._save(trainer)
             self._stop(trainer)
 
