@@ -155,15 +155,14 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
             parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
-    # Under torchrun, a signal stops every process at once, as a KeyboardInterrupt (below).
+    # Under torchrun, a Ctrl-C stops every process at once: SIGINT's default action, which also ends a
+    # process waiting in a collective for one already gone. The run goes on from the last checkpoint.
     stop = None if launched_by_torchrun() else StopRequest()
     if stop is not None:
         previous = stop.listen()
     else:
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_DFL)}
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-    if stop is None:  # torchrun's processes
-        command = f"the same torchrun command with --ckpt_path {checkpoint}"
     hp = Namespace(
         seed=config.seed_everything,
         **config.model,
@@ -196,13 +195,6 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
         print(said, file=sys.stderr)
         sys.exit(128 + stopped.signal)
-    except KeyboardInterrupt:  # Ctrl-C under torchrun, which stops every process at once
-        said = "no checkpoint yet"
-        if checkpoint.exists():
-            said = f"resume from the last checkpoint with: {command}"
-        if lead:
-            print(f"SIGINT: stopped at once; {said}", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from conftest import CHECKPOINT, ENV, QUIET, ROOT, ctrl_c, differences, event_scalars, final_state, fit
+from conftest import CHECKPOINT, ENV, QUIET, ROOT, ctrl_c, differences, event_scalars, final_state
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 # `torchrun` is torch.distributed.run's console script; the module runs where the script is not installed.
@@ -32,8 +32,8 @@ ARGS = [
     "--model.dropout=0.3",
     "--boundary.every_n_epochs=2",
 ]
-# For the Ctrl-C test: 900 points a process, 15 steps an epoch, 20 epochs: seconds to stop it in.
-LONGER = [*QUIET, "--trainer.max_epochs=20", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
+# For the Ctrl-C test: 900 points a process, 15 steps an epoch, 14 epochs: seconds to stop it in.
+LONGER = [*QUIET, "--trainer.max_epochs=14", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
 TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}
 
 
@@ -92,8 +92,7 @@ def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_li
     """A run in one process can stop mid-epoch; a DistributedSampler cannot go on from there. Each process says so
     in one line and exits with 1; torchrun then reports the failed processes its own way."""
     args = [*QUIET, "--trainer.max_epochs=1", "--data.points_per_class=100", "--boundary.every_n_epochs=0"]
-    fit("torch", [*args, f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])  # in one process, quicker
-    checkpoint = tmp_path / "logs" / "torch" / "version_0" / "checkpoints" / "last.pt"
+    checkpoint = launch("torch", args, tmp_path) / "checkpoints" / "last.pt"
     saved = torch.load(checkpoint, weights_only=True)
     saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it
     torch.save(saved, checkpoint)

@@ -225,7 +225,7 @@ def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, ki
     return history
 
 
-KILLS = [("train.py", "lightning", "last.ckpt", 3), ("train_torch.py", "torch", "last.pt", 2)]
+KILLS = [("train.py", "lightning", "last.ckpt", 2), ("train_torch.py", "torch", "last.pt", 2)]
 
 
 @pytest.mark.parametrize("script, side, checkpoint, kills", KILLS, ids=[side for _, side, _, _ in KILLS])
