@@ -155,8 +155,8 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
             parser.save(config, log_dir / "config.yaml")
     boundary = BoundaryAnimation(**config.boundary)
     checkpoint = log_dir / "checkpoints" / "last.pt"
-    # Under torchrun, a Ctrl-C stops every process at once: SIGINT's default action, which also ends a
-    # process waiting in a collective for one already gone. The run goes on from the last checkpoint.
+    # Under torchrun, a Ctrl-C stops every process at once: SIGINT's default action, which
+    # also ends one waiting in a collective for one gone. It goes on from the last checkpoint.
     stop = None if launched_by_torchrun() else StopRequest()
     if stop is not None:
         previous = stop.listen()
