@@ -68,14 +68,13 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 # Trainer settings that change what is computed, and the values the plain loop implements.
 PLAIN_LOOP_TRAINER = {
-    "accumulate_grad_batches": [1],
     "check_val_every_n_epoch": [1],
     "gradient_clip_algorithm": [None, "norm"],
     "limit_train_batches": [None, 1.0],
     "limit_val_batches": [None, 1.0],
     "max_steps": [-1],
     "num_sanity_val_steps": [0],
-    "precision": [None, 32, "32", "32-true"],
+    "precision": [None, 32, "32", "32-true", "bf16-mixed", "16-mixed"],
     "val_check_interval": [None, 1.0],
 }
 
@@ -125,7 +124,7 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
         config,
         parser.get_defaults(),
         root,
-        ("last.pt", ("model", "optimizer", "scheduler", "hparams"), "train_torch.py's loop"),
+        ("last.pt", ("model", "optimizer", "scheduler", "scaler", "hparams"), "train_torch.py"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
     hp = config.model
@@ -168,6 +167,8 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         **config.model,
         max_epochs=config.trainer.max_epochs,
         gradient_clip_val=config.trainer.gradient_clip_val,
+        precision=config.trainer.precision,
+        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
     )
     try:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this

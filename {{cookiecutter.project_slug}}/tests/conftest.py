@@ -6,6 +6,7 @@ The equivalence tests run both loops under the same setting.
 """
 
 import gc
+import json
 import os
 import random
 import signal
@@ -42,6 +43,29 @@ TINY = [
     "--boundary.every_n_epochs=0",
 ]
 
+# fp16 with a GradScaler: Lightning runs precision="16-mixed" on GPUs alone (on the CPU it warns and switches to
+# bf16-mixed), and both entry points refuse it there. torch's fp16 autocast and GradScaler run on the CPU too: the
+# tests run them there, Lightning's side through its MixedPrecision plugin, given directly.
+PLUGIN = {
+    "class_path": "lightning.pytorch.plugins.MixedPrecision",
+    "init_args": {"precision": "16-mixed", "device": "cpu"},
+}
+FP16 = {"lightning": [f"--trainer.plugins+={json.dumps(PLUGIN)}"], "torch": ["--trainer.precision=16-mixed"]}
+
+
+def allow_fp16_on_cpu(monkeypatch) -> None:
+    """Lift train_torch.py's refusal of 16-mixed on the CPU, and that alone, for one test."""
+    import train_torch
+
+    refuse = train_torch.settings_problem
+
+    def settings_problem(config):
+        config = config.clone()
+        config.trainer.precision = None  # every other refusal stands
+        return refuse(config)
+
+    monkeypatch.setattr(train_torch, "settings_problem", settings_problem)
+
 
 def fit(side: str, args: list[str]):
     """The real entry point of one side, `lightning` or `torch`, in this process: `train.main(["fit", ...])`
@@ -74,13 +98,15 @@ CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt"}
 
 
 def final_state(side: str, directory: Path) -> dict:
-    """The final weights, optimizer and scheduler state in a run's checkpoint, named alike for both sides."""
+    """The final weights, optimizer, scheduler and GradScaler state in a run's checkpoint, named alike for both."""
     checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
     if side == "torch":
-        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler")}
+        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler", "scaler")}
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
-    return {"model": weights, "optimizer": optimizer, "scheduler": scheduler}
+    # The precision plugin's state, where it has one: the GradScaler's, under 16-mixed.
+    scaler = checkpoint.get("MixedPrecision", {})
+    return {"model": weights, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
 
 def shut_down_workers() -> None:

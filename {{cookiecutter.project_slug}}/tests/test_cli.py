@@ -245,16 +245,20 @@ BAD_VALUES = {
     "seed -1": (["--seed_everything=-1"], "seed_everything"),
     "seed 2**32": ([f"--seed_everything={2**32}"], "seed_everything"),
     "persistent_workers without workers": (["--data.persistent_workers=true"], "data.persistent_workers"),
+    "accumulate_grad_batches 0": (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
     "an unknown key": (["--model.nope", "1"], "model.nope"),
 }
 if not torch.cuda.is_available():
     BAD_VALUES["a GPU where there is none"] = (["--trainer.accelerator=gpu"], "trainer.accelerator")
+    # Lightning would warn and train in bf16-mixed; the plain loop would train in fp16.
+    BAD_VALUES["16-mixed on the CPU"] = (["--trainer.precision=16-mixed"], "trainer.precision='16-mixed'")
 # One value each just inside what BAD_VALUES is just outside, given the same way.
 GOOD_VALUES = [
     *["--data.batch_size", "1", "--model.lr", "1e-9", "--model.hidden=1", "--model.dropout=0.99"],
     *["--data.val_fraction=0.49", "--data.test_fraction=0.49", "--data.noise=0", "--trainer.max_epochs", "1"],
     *["--data.num_workers=1", "--data.persistent_workers=true"],
     *["--trainer.gradient_clip_val=1e-9", "--model.lr=3e38", "--data.noise=3e38", f"--seed_everything={2**32 - 1}"],
+    *["--trainer.accumulate_grad_batches=1", "--trainer.precision=bf16-mixed"],
 ]
 MAINS = {"train.py fit": lambda args: train.main(["fit", *args]), "train_torch.py": train_torch.main}
 
@@ -286,6 +290,39 @@ def test_a_bad_config_value_is_refused_by_name(name, entry, tmp_path, no_trainin
     [line] = said.strip().splitlines()  # the error alone: no page of usage before it
     assert line.startswith("error:") and parameter in line, said
     assert not (tmp_path / "logs").exists()
+
+
+# What Lightning computes with and the plain loop does not implement; the README says why for each.
+NOT_IN_THE_PLAIN_LOOP = [
+    "--trainer.max_steps=5",
+    "--trainer.check_val_every_n_epoch=2",
+    "--trainer.val_check_interval=0.5",
+    "--trainer.limit_train_batches=0.5",
+    "--trainer.limit_val_batches=2",
+    "--trainer.num_sanity_val_steps=2",
+    "--trainer.gradient_clip_algorithm=value",
+    "--trainer.precision=bf16-true",
+]
+
+
+@pytest.mark.parametrize("flag", NOT_IN_THE_PLAIN_LOOP)
+def test_a_trainer_setting_the_plain_loop_does_not_implement_is_refused_by_name(flag, tmp_path, no_training, capsys):
+    key = flag.removeprefix("--").split("=")[0]
+    with pytest.raises(SystemExit) as stop:
+        train_torch.main([*TINY, flag])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {key}=") and "use train.py" in line, line
+    assert not (tmp_path / "logs").exists()
+    with pytest.raises(Started):  # Lightning takes it
+        train.main(["fit", *TINY, flag])
+
+
+def test_the_readme_says_why_for_each_setting_the_plain_loop_refuses():
+    readme = (ROOT / "README.md").read_text()
+    assert [key for key in train_torch.PLAIN_LOOP_TRAINER if f"`{key}`" not in readme] == []
+    refused = {flag.removeprefix("--trainer.").split("=")[0] for flag in NOT_IN_THE_PLAIN_LOOP}
+    assert refused == set(train_torch.PLAIN_LOOP_TRAINER)
 
 
 @pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"]])

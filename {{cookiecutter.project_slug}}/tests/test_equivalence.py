@@ -17,15 +17,29 @@ import train_torch
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
-from conftest import QUIET, SMALL, differences, event_scalars, final_state, fit, run, shut_down_workers
+from conftest import (
+    FP16,
+    QUIET,
+    ROOT,
+    SMALL,
+    allow_fp16_on_cpu,
+    differences,
+    event_scalars,
+    final_state,
+    fit,
+    run,
+    shut_down_workers,
+)
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 
 
-def train_both(tmp_path: Path, written, *flags: str):
-    """Run both loops on the same flags; return (Lightning CLI, plain (model, optimizer, scheduler))."""
+def train_both(tmp_path: Path, written, *flags: str, own: dict[str, list[str]] | None = None):
+    """Run both loops on the same flags, and each on its `own`; return (Lightning CLI, plain (model, optimizer,
+    scheduler))."""
     args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *flags]
-    runs = fit("lightning", args), fit("torch", args)
+    own = own or {}
+    runs = fit("lightning", [*args, *own.get("lightning", [])]), fit("torch", [*args, *own.get("torch", [])])
     shut_down_workers()  # where the flags ask for persistent ones
     return runs
 
@@ -35,7 +49,7 @@ def series(written, side: str, tag: str) -> tuple[list[int], torch.Tensor]:
     return list(steps), torch.tensor(values, dtype=torch.float64)
 
 
-def mismatches(cli, plain, written) -> list[str]:
+def mismatches(cli, plain, written, tmp_path: Path) -> list[str]:
     """Everything that differs between the Lightning run and the plain run; [] when they are identical."""
     model, optimizer, scheduler = plain
     found = []
@@ -50,7 +64,9 @@ def mismatches(cli, plain, written) -> list[str]:
     found += differences(
         cli.trainer.lr_scheduler_configs[0].scheduler.state_dict(), scheduler.state_dict(), "scheduler"
     )
-    return found
+    # The rest from the final checkpoints: the GradScaler's state, under 16-mixed.
+    saved = {side: final_state(side, tmp_path / side / "version_0") for side in ("lightning", "torch")}
+    return found + differences(saved["lightning"]["scaler"], saved["torch"]["scaler"], "scaler")
 
 
 def test_the_entry_points_with_no_flags_are_identical_for_all_100_epochs(tmp_path):
@@ -69,6 +85,20 @@ def test_the_entry_points_with_no_flags_are_identical_for_all_100_epochs(tmp_pat
     assert [step for step, _ in plain["train/loss"]] == list(range(100 * math.ceil(1800 / 64)))  # every step, from 0
     assert len(plain["val/loss"]) == len(plain["train/lr"]) == 100
     assert differences(*(final_state(side, directory) for side, directory in runs.items())) == []
+
+
+def test_the_readmes_mixed_precision_and_accumulation_commands_write_equal_series(tmp_path):
+    """The two commands of the README's "Mixed precision and gradient accumulation", as written there, on a
+    small spiral: equal event files."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [line.split() for line in readme if "--trainer.precision bf16-mixed" in line]
+    assert [command[:2] for command in commands] == [["python", "train.py"], ["python", "train_torch.py"]]
+    for _, script, *args in commands:
+        result = run(script, *args, *SMALL, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    lightning, plain = (event_scalars(tmp_path / "logs" / side / "version_0") for side in ("lightning", "torch"))
+    assert lightning == plain and set(TAGS) <= set(plain)
+    assert len(plain["train/loss"]) == 3 * 2  # 3 epochs of 6 batches, windows of 3
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +120,14 @@ VARIATIONS = {
     "a CSV file": ["--data.path={csv}", "--data.classes=4"],
     "clipping at 0.05": ["--trainer.gradient_clip_val=0.05"],
     "no clipping": ["--trainer.gradient_clip_val=null"],
+    "bf16-mixed, with dropout": ["--trainer.precision=bf16-mixed", "--model.dropout=0.3"],
+    # 6 batches an epoch: a window of 4, then a partial one of 2; clipping that bites.
+    "accumulating 4, clipping at 0.05": ["--trainer.accumulate_grad_batches=4", "--trainer.gradient_clip_val=0.05"],
+    "bf16-mixed, accumulating 4, dropout": [
+        "--trainer.precision=bf16-mixed",
+        "--trainer.accumulate_grad_batches=4",
+        "--model.dropout=0.3",
+    ],
 }
 
 
@@ -97,7 +135,19 @@ VARIATIONS = {
 def test_variations_stay_identical(name, tmp_path, written, spiral_csv):
     flags = [flag.format(csv=spiral_csv) for flag in VARIATIONS[name]]
     cli, plain = train_both(tmp_path, written, *SMALL, *flags)
-    assert mismatches(cli, plain, written) == []
+    assert mismatches(cli, plain, written, tmp_path) == []
+
+
+def test_fp16_with_its_grad_scaler_accumulating_with_clipping_stays_identical(tmp_path, written, monkeypatch):
+    """16-mixed: autocast to float16, the loss scaled, the gradients unscaled before the clipping; the scaler's
+    state (its scale, its growth tracker) is compared too."""
+    allow_fp16_on_cpu(monkeypatch)
+    flags = [*SMALL, *VARIATIONS["accumulating 4, clipping at 0.05"], "--model.dropout=0.3"]
+    cli, plain = train_both(tmp_path, written, *flags, own=FP16)
+    assert cli.trainer.precision == "16-mixed"
+    assert mismatches(cli, plain, written, tmp_path) == []
+    # The scaler took part, counting its unskipped steps: not {} == {}, as 32-bit or bf16 runs compare.
+    assert final_state("torch", tmp_path / "torch" / "version_0")["scaler"]["_growth_tracker"] > 0
 
 
 def test_the_small_runs_end_on_a_partial_batch():
@@ -108,43 +158,69 @@ def test_the_small_runs_end_on_a_partial_batch():
     assert len(data.train_set) % 60 == 0
 
 
-def broken_fit(line: str, after: str | None):
-    """loop.fit with one line (and the block under it) moved after another line, or deleted when `after` is None."""
-    lines = Path(loop.__file__).read_text().splitlines()
-    [start] = [i for i, text in enumerate(lines) if text.strip().startswith(line)]
-    indent = re.match(r"\s*", lines[start]).group()
-    end = start + 1
-    while end < len(lines) and lines[end].startswith(indent + " "):
-        end += 1
-    block, rest = lines[start:end], lines[:start] + lines[end:]
-    if after is not None:
-        [target] = [i for i, text in enumerate(rest) if text.strip().startswith(after)]
-        new_indent = re.match(r"\s*", rest[target]).group()
-        rest[target + 1 : target + 1] = [new_indent + text[len(indent) :] for text in block]
+def moved(line: str, after: str | None):
+    """loop.py's source with one line (and the block under it) moved after another line, or deleted when `after`
+    is None."""
+
+    def edit(source: str) -> str:
+        lines = source.splitlines()
+        [start] = [i for i, text in enumerate(lines) if text.strip().startswith(line)]
+        indent = re.match(r"\s*", lines[start]).group()
+        end = start + 1
+        while end < len(lines) and lines[end].startswith(indent + " "):
+            end += 1
+        block, rest = lines[start:end], lines[:start] + lines[end:]
+        if after is not None:
+            [target] = [i for i, text in enumerate(rest) if text.strip().startswith(after)]
+            new_indent = re.match(r"\s*", rest[target]).group()
+            rest[target + 1 : target + 1] = [new_indent + text[len(indent) :] for text in block]
+        return "\n".join(rest)
+
+    return edit
+
+
+def replaced(old: str, new: str):
+    """loop.py's source with `old`, which occurs once, replaced by `new`."""
+
+    def edit(source: str) -> str:
+        assert source.count(old) == 1, old
+        return source.replace(old, new)
+
+    return edit
+
+
+def broken_fit(edit):
+    """loop.fit, from loop.py's source changed by `edit`."""
     module = types.ModuleType("broken_loop")
-    exec(compile("\n".join(rest), "broken_loop.py", "exec"), module.__dict__)
+    exec(compile(edit(Path(loop.__file__).read_text()), "broken_loop.py", "exec"), module.__dict__)
     return module.fit
 
 
+ACCUMULATING = ["--trainer.accumulate_grad_batches=4"]
 BREAKAGES = {
-    "scheduler.step() inside the batch loop": ("scheduler.step()", "optimizer.step()", []),
+    "scheduler.step() inside the batch loop": (moved("scheduler.step()", "scaler.step(optimizer)"), []),
     # At max_norm 1.0 clipping bites on 17 of the default run's 2900 steps and on none of these small runs.
     "clip_grad_norm_ after step": (
-        "if hp.gradient_clip_val is not None:",
-        "optimizer.step()",
+        moved("if hp.gradient_clip_val is not None:", "scaler.step(optimizer)"),
         VARIATIONS["clipping at 0.05"],
     ),
-    "zero_grad between backward and step": ("optimizer.zero_grad()", "loss.backward()", []),
-    "model.train() left out, with dropout": ("model.train()", None, ["--model.dropout=0.3"]),
+    "zero_grad between backward and step": (moved("if batch_idx % N == 0:", "scaler.scale(loss / N)"), []),
+    "model.train() left out, with dropout": (moved("model.train()", None), ["--model.dropout=0.3"]),
+    # Adam divides by the gradient's own scale: N times the gradient changes its steps only through eps.
+    "the loss not divided by N": (replaced("scaler.scale(loss / N)", "scaler.scale(loss)"), ACCUMULATING),
+    "a step at every batch": (replaced("if steps:  #", "if True:  #"), ACCUMULATING),
+    "zero_grad at every batch": (replaced("if batch_idx % N == 0:", "if True:"), ACCUMULATING),
+    "the partial window not stepped": (replaced(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
+    "autocast left out": (replaced("enabled=dtype is not None", "enabled=False"), ["--trainer.precision=bf16-mixed"]),
 }
 
 
 @pytest.mark.parametrize("name", BREAKAGES)
 def test_a_single_broken_line_is_caught(name, tmp_path, written, monkeypatch):
-    line, after, flags = BREAKAGES[name]
-    monkeypatch.setattr(train_torch, "fit", broken_fit(line, after))
+    edit, flags = BREAKAGES[name]
+    monkeypatch.setattr(train_torch, "fit", broken_fit(edit))
     cli, plain = train_both(tmp_path, written, *SMALL, *flags)
-    assert "train/loss" in mismatches(cli, plain, written)
+    assert "train/loss" in mismatches(cli, plain, written, tmp_path)
 
 
 def test_variations_change_the_run(tmp_path, written, spiral_csv):

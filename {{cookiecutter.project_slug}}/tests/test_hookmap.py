@@ -24,7 +24,9 @@ from {{ cookiecutter.package_name }}.hookmap import (
     MACHINERY,
     ROWS,
     TRAIN_FORWARD,
+    TRAIN_FP16,
     VAL_FORWARD,
+    VAL_FP16,
     markdown,
     side_by_side,
 )
@@ -32,7 +34,7 @@ from {{ cookiecutter.package_name }}.machinery import plain_run
 from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import ROOT, TINY, fit
+from conftest import FP16, ROOT, TINY, allow_fp16_on_cpu, fit
 
 HOOKS = (
     "configure_optimizers",
@@ -81,13 +83,28 @@ def recorder(monkeypatch):
                 grad = "grad"
             else:
                 grad = "inference_mode" if torch.is_inference_mode_enabled() else "no_grad"
-            recorder.record(f"forward({mode}, {grad})")
+            device = args[0].device.type
+            autocast = f", {str(torch.get_autocast_dtype(device)).removeprefix('torch.')}"
+            recorder.record(f"forward({mode}, {grad}{autocast if torch.is_autocast_enabled(device) else ''})")
+
+    def record_scaler(name: str) -> None:
+        original = getattr(torch.amp.GradScaler, name)
+
+        @functools.wraps(original)
+        def recorded(scaler, *args, **kwargs):
+            if scaler.is_enabled():  # the plain loop's scaler is off but for 16-mixed; Lightning's is None
+                recorder.record(f"scaler.{name}")
+            return original(scaler, *args, **kwargs)
+
+        monkeypatch.setattr(torch.amp.GradScaler, name, recorded)
 
     record_calls(torch.optim.Optimizer, "zero_grad", "zero_grad")
     record_calls(torch.nn.Module, "zero_grad", "model.zero_grad")
     record_calls(torch.Tensor, "backward", "backward")
     record_calls(torch.nn.utils, "clip_grad_norm_", "clip_grad_norm_")
     record_calls(torch.optim.lr_scheduler.LRScheduler, "step", "scheduler.step")
+    record_scaler("unscale_")
+    record_scaler("update")
     handles = [
         register_module_forward_pre_hook(record_forward),
         register_optimizer_step_post_hook(lambda *_: recorder.record("optimizer.step")),
@@ -123,7 +140,7 @@ def as_plain_loop(events: list[tuple[str, str | None]]) -> tuple[list[str], Coun
         if event == "model.zero_grad":
             applied["zero_grad before validation" if hook else "zero_grad before training"] += 1
             continue
-        if event == "zero_grad" and plain and plain[-1] == TRAIN_FORWARD:
+        if event == "zero_grad" and plain and plain[-1].startswith("forward(train,"):
             applied["zero_grad after the forward"] += 1
             plain.insert(len(plain) - 1, event)
             continue
@@ -131,34 +148,48 @@ def as_plain_loop(events: list[tuple[str, str | None]]) -> tuple[list[str], Coun
     return plain, applied
 
 
-@pytest.fixture
-def recorded(recorder, monkeypatch, tmp_path) -> tuple[list, list]:
+# TINY as it is, and with fp16 autocast, its GradScaler and windows of 2 of an epoch's 3 batches.
+SETTINGS = {"defaults": [], "16-mixed, accumulating 2": ["--trainer.accumulate_grad_batches=2"]}
+
+
+@pytest.fixture(params=SETTINGS)
+def recorded(request, recorder, monkeypatch, tmp_path) -> tuple[list, list]:
     """(event, hook) pairs of a Lightning run, then of the plain loop, on the same tiny config."""
     # conftest's TINY run draws no animation: its forward runs in a callback, not a module hook.
-    args = [f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY]
+    args = [f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY, *SETTINGS[request.param]]
+    fp16 = request.param != "defaults"
+    allow_fp16_on_cpu(monkeypatch)
     monkeypatch.setattr(train, "SpiralClassifier", in_hooks(recorder))
-    fit("lightning", args)
+    fit("lightning", [*args, *FP16["lightning"][:fp16]])
     lightning = recorder.take()
-    fit("torch", args)
-    return lightning, recorder.take()
+    fit("torch", [*args, *FP16["torch"][:fp16]])
+    return request.param, lightning, recorder.take()
 
 
 def test_both_loops_do_the_same_things_in_the_same_order_but_for_the_listed_differences(recorded):
-    lightning, plain = recorded
+    settings, lightning, plain = recorded
     plain_events = [event for event, _ in plain]
     normalised, applied = as_plain_loop(lightning)
     assert normalised == plain_events
     assert set(applied) == set(COMMUTING), "every listed difference must really occur"
-    # TINY: 4 epochs of zero_grad, forward, backward, clip, step for each of 3 batches; the scheduler's step;
-    # 1 validation batch.
-    batch = ["zero_grad", TRAIN_FORWARD, "backward", "clip_grad_norm_", "optimizer.step"]
-    epoch = [*batch * 3, "scheduler.step", VAL_FORWARD]
+    # TINY: 4 epochs of 3 batches, the scheduler's step, 1 validation batch.
+    if settings == "defaults":  # zero_grad, forward, backward, clip, step at every batch
+        batch = ["zero_grad", TRAIN_FORWARD, "backward", "clip_grad_norm_", "optimizer.step"]
+        epoch = [*batch * 3, "scheduler.step", VAL_FORWARD]
+    else:  # zero_grad at a window's start; unscale before the clip; step and update at a window's end
+        step = ["scaler.unscale_", "clip_grad_norm_", "optimizer.step", "scaler.update"]
+        first, other = ["zero_grad", TRAIN_FP16, "backward"], [TRAIN_FP16, "backward"]
+        epoch = [*first, *other, *step, *first, *step, "scheduler.step", VAL_FP16]
     assert plain_events == ["scheduler.step", *epoch * 4]  # the first: the scheduler's constructor
 
 
-def test_every_lightning_event_runs_in_the_hook_the_table_names(recorded):
-    lightning, _ = recorded
-    seen = set(lightning)
+def test_every_lightning_event_runs_in_the_hook_the_table_names(recorder, monkeypatch, tmp_path):
+    seen = set()
+    monkeypatch.setattr(train, "SpiralClassifier", in_hooks(recorder))
+    for name, settings in SETTINGS.items():  # what the defaults leave out, 16-mixed records, and the other way
+        fp16 = FP16["lightning"] if name != "defaults" else []
+        fit("lightning", [f"--trainer.logger.init_args.save_dir={tmp_path / name}", *TINY, *settings, *fp16])
+        seen |= set(recorder.take())
     table = {row.recorded for row in ROWS if row.recorded}
     assert table <= seen, f"rows whose event never happened where the table says: {table - seen}"
     cleared = {("model.zero_grad", None), ("model.zero_grad", "on_validation_model_zero_grad")}  # see COMMUTING

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,19 @@ import torch
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import ENV, LIGHTNING, QUIET, ROOT, ctrl_c, differences, event_scalars, fit, shut_down_workers
+from conftest import (
+    ENV,
+    FP16,
+    LIGHTNING,
+    QUIET,
+    ROOT,
+    allow_fp16_on_cpu,
+    ctrl_c,
+    differences,
+    event_scalars,
+    fit,
+    shut_down_workers,
+)
 from conftest import TINY as TINY_RUN
 
 # conftest's 4-epoch run, with dropout on.
@@ -69,20 +82,36 @@ def reference(tmp_path_factory):
 
 
 class SendAt:
-    """Sends `signum` to this process from inside the optimizer step of the `step`-th batch (counted from 0)."""
+    """Sends `signum` to this process from inside the `step`-th call (counted from 0) of what it is hooked to: by
+    default the optimizer step."""
 
     def __init__(self, signum: int, step: int):
         self.signum, self.step, self.calls = signum, step, 0
 
-    def __call__(self, optimizer, args, kwargs) -> None:
+    def __call__(self, *hooked) -> None:
         if self.calls == self.step:
             os.kill(os.getpid(), self.signum)  # Python runs the handler here, before Adam updates a weight
         self.calls += 1
 
 
-def interrupted(side: str, args: list[str], signum: int, step: int, capsys) -> tuple[int | str, str]:
-    """Run with `signum` arriving in the step-th optimizer step; the exit code and the last line on stderr."""
-    handle = register_optimizer_step_pre_hook(SendAt(signum, step))
+def register_backward_pre_hook(hook) -> types.SimpleNamespace:
+    """register_optimizer_step_pre_hook's like for Tensor.backward: `hook` runs before every backward."""
+    original = torch.Tensor.backward
+
+    def backward(tensor, *args, **kwargs):
+        hook(tensor, args, kwargs)
+        return original(tensor, *args, **kwargs)
+
+    torch.Tensor.backward = backward
+    return types.SimpleNamespace(remove=lambda: setattr(torch.Tensor, "backward", original))
+
+
+def interrupted(
+    side: str, args: list[str], signum: int, step: int, capsys, register=register_optimizer_step_pre_hook
+) -> tuple[int | str, str]:
+    """Run with `signum` arriving in the step-th optimizer step (or what `register` hooks); the exit code and the
+    last line on stderr."""
+    handle = register(SendAt(signum, step))
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(SystemExit) as stop:
@@ -124,6 +153,26 @@ def test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical(
     assert saved[step_key] == step + 1  # the batch the signal arrived in was finished, no further one
     fit(side, [*TINY, "--ckpt_path=last"])
     assert mismatches(final(tmp_path, side), expected) == []
+
+
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_a_signal_within_a_window_stops_at_its_end_and_resuming_is_bit_identical(
+    side, tmp_path, monkeypatch, capsys, reference
+):
+    """Accumulating 2 of an epoch's 3 batches, in fp16 with its GradScaler: a signal in the backward of the second
+    epoch's first batch stops after the step of its window, at step 3 (a checkpoint holds no accumulated
+    gradients). The resumed run restores the loss scale with the rest."""
+    allow_fp16_on_cpu(monkeypatch)
+    args = [*TINY, "--trainer.accumulate_grad_batches=2", *FP16[side]]
+    expected = reference(side, args)
+    monkeypatch.chdir(tmp_path)
+    code, said = interrupted(side, args, signal.SIGTERM, 3, capsys, register_backward_pre_hook)
+    assert code == 143
+    assert " at step 3 (epoch 1)" in said, said
+    fit(side, [*args, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, side), expected) == []
+    scaler = final(tmp_path, side)[0]["MixedPrecision" if side == "lightning" else "scaler"]
+    assert scaler["_growth_tracker"] == 4 * 2  # the scaler counted all 8 steps, the 3 before the stop too
 
 
 @pytest.mark.parametrize("side", ["lightning", "torch"])

@@ -27,6 +27,9 @@ class Row(NamedTuple):
 
 TRAIN_FORWARD = "forward(train, grad)"
 VAL_FORWARD = "forward(eval, no_grad)"
+# The same under Trainer(precision="16-mixed"): the forward in autocast's float16.
+TRAIN_FP16 = "forward(train, grad, float16)"
+VAL_FP16 = "forward(eval, no_grad, float16)"
 SPAN = "plain_run.py"  # rows whose work the PlainRun call does: MACHINERY has its lines
 
 # Every line of loop.fit(), in order.
@@ -93,12 +96,35 @@ LOOP = (
         ("scheduler.step", "configure_optimizers"),
     ),
     Row(
+        "dtype = AUTOCAST.get(hp.precision)",
+        "`Trainer(precision=...)`: `bf16-mixed` and `16-mixed` choose the `MixedPrecision` plugin",
+        code="precision: null",
+        essay=False,
+    ),
+    Row(
+        "autocast = torch.autocast(device.type, dtype, enabled=dtype is not None)",
+        "`MixedPrecision.forward_context()`, around every `*_step` hook",
+        "left out, `bf16-mixed` trains in float32: every loss differs from the first step on",
+        essay=False,
+    ),
+    Row(
+        'scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "16-mixed")',
+        "`MixedPrecision`'s `scaler`, for `16-mixed` alone: fp16 gradients would underflow unscaled",
+        essay=False,
+    ),
+    Row(
+        "N = hp.accumulate_grad_batches",
+        "`Trainer(accumulate_grad_batches=N)`",
+        code="accumulate_grad_batches: 1",
+        essay=False,
+    ),
+    Row(
         "train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)",
         f'`Trainer(strategy="ddp")`: the DDP wrapper and `DistributedSampler`s ({SPAN})',
         essay=False,
     ),
     Row(
-        "start_epoch = run.start(model, optimizer, scheduler, data, loader)",
+        "start_epoch = run.start(model, optimizer, scheduler, scaler, data, loader)",
         f"`Trainer.fit(ckpt_path=...)`: a checkpoint restored before training starts ({SPAN})",
         essay=False,
     ),
@@ -108,8 +134,9 @@ LOOP = (
         code="max_epochs: 100",
     ),
     Row(
-        "run.epoch_start(epoch)",
-        f"the fit loop at each epoch's start: `set_epoch`, `LearningRateMonitor` ({SPAN})",
+        "first = run.epoch_start(epoch)",
+        f"the fit loop at each epoch's start: `set_epoch`, `LearningRateMonitor`; a resumed run's "
+        f"`batch_progress` ({SPAN})",
         essay=False,
     ),
     Row(
@@ -118,13 +145,40 @@ LOOP = (
         "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
         recorded=(TRAIN_FORWARD, "training_step"),
     ),
-    Row("for X_batch, y_batch in loader:", "the fit loop, `len(loader)` batches"),
+    Row(
+        "for batch_idx, (X_batch, y_batch) in enumerate(loader, first):",
+        "the fit loop, `len(loader)` batches, each hook's `batch_idx`",
+    ),
     Row("X_batch, y_batch = X_batch.to(device), y_batch.to(device)", "`transfer_batch_to_device`", essay=False),
+    Row(
+        "steps = (batch_idx + 1) % N == 0 or batch_idx + 1 == len(loader)",
+        "the fit loop's `_should_accumulate()`, negated: a window's last batch, or the epoch's",
+        "without `or batch_idx + 1 == len(loader)`, an epoch's partial window never steps: the next "
+        "epoch's `zero_grad` throws its gradients away",
+        essay=False,
+    ),
+    Row(
+        "if batch_idx % N == 0:",
+        "the closure: `zero_grad` on a window's first batch alone",
+        "left out, `zero_grad` at every batch: each step applies its window's last batch alone (pitfalls 11b)",
+        essay=False,
+    ),
     Row(
         "optimizer.zero_grad()",
         "`optimizer_zero_grad`",
         "left out, gradients pile up over batches; between `backward` and `step`, it wipes this batch's gradients",
         recorded=("zero_grad", "optimizer_zero_grad"),
+    ),
+    Row(
+        "with run.no_sync(not steps):",
+        f"`DDPStrategy.block_backward_sync()` on the batches the fit loop accumulates ({SPAN})",
+        essay=False,
+    ),
+    Row(
+        "with autocast:",
+        "the precision plugin's `train_step_context()`, around `training_step`",
+        recorded=(TRAIN_FP16, "training_step"),
+        essay=False,
     ),
     Row(
         "logits = train_model(X_batch)",
@@ -133,7 +187,27 @@ LOOP = (
         recorded=(TRAIN_FORWARD, "training_step"),
     ),
     Row("loss = criterion(logits, y_batch)", "`training_step`", code="loss = self.criterion(logits, y_batch)"),
-    Row("loss.backward()", "`backward`", recorded=("backward", "backward")),
+    Row(
+        "scaler.scale(loss / N).backward()",
+        "`backward`: the closure divides the loss by N (`ClosureResult`); `MixedPrecision.pre_backward` scales it",
+        "without `/ N`, N times the gradient: Adam, which divides by its scale, sees it only through "
+        "the clipping and its eps (pitfalls 11a)",
+        recorded=("backward", "backward"),
+    ),
+    Row(
+        "if steps:",
+        "the fit loop: `optimizer_step` at a window's end, the accumulated gradients' step",
+        "left out, a step at every batch: the window's gradients are applied one by one as they add up",
+        essay=False,
+    ),
+    Row(
+        "scaler.unscale_(optimizer)",
+        "`MixedPrecision.optimizer_step`, before it calls `configure_gradient_clipping`",
+        "after the clipping, it clips the gradients times the loss scale: the step applies "
+        "max_norm / 2¹⁶ (pitfalls 11d)",
+        recorded=("scaler.unscale_", "optimizer_step"),
+        essay=False,
+    ),
     Row(
         "if hp.gradient_clip_val is not None:",
         "`Trainer(gradient_clip_val=...)`",
@@ -146,9 +220,20 @@ LOOP = (
         "before `backward` there is nothing to clip; after `step` it clips gradients already applied",
         recorded=("clip_grad_norm_", "configure_gradient_clipping"),
     ),
-    Row("optimizer.step()", "`optimizer_step`", recorded=("optimizer.step", "optimizer_step")),
     Row(
-        "run.batch_end(loss, epoch)",
+        "scaler.step(optimizer)",
+        "`optimizer_step`; under `16-mixed`, `scaler.step` skips a step whose gradients hold an inf or NaN",
+        recorded=("optimizer.step", "optimizer_step"),
+    ),
+    Row(
+        "scaler.update()",
+        "`MixedPrecision.optimizer_step`, after the step",
+        "left out, not silent: the GradScaler raises at the next step (pitfalls 11e)",
+        recorded=("scaler.update", "optimizer_step"),
+        essay=False,
+    ),
+    Row(
+        "run.batch_end(loss, epoch, steps)",
         f'`self.log("train/loss", loss)`; callbacks\' `on_train_batch_end`: NaN stop, Ctrl-C ({SPAN})',
         "logging `loss` instead of `loss.item()` keeps every step's graph alive",
         'self.log("train/loss", loss, prog_bar=True)',
@@ -175,6 +260,13 @@ LOOP = (
     ),
     Row("for X_val, y_val in val_loader:", "the validation loop"),
     Row("X_val, y_val = X_val.to(device), y_val.to(device)", "`transfer_batch_to_device`", essay=False),
+    Row(
+        "with autocast:",
+        "the precision plugin's `val_step_context()`, around `validation_step`",
+        "left out, `bf16-mixed` validates in float32: another `val/loss` than Lightning's",
+        recorded=(VAL_FP16, "validation_step"),
+        essay=False,
+    ),
     Row(
         "val_logits = model(X_val)",
         "`validation_step`",
@@ -221,6 +313,11 @@ MACHINERY = (
     ),
     Row('model.load_state_dict(self.resume["model"])', "`Trainer.fit(ckpt_path=...)`, before training starts"),
     Row(
+        'scaler.load_state_dict(self.resume["scaler"])',
+        "`MixedPrecision.load_state_dict`, the checkpoint's `MixedPrecision` key",
+        "left out, a resumed `16-mixed` run starts again from the initial loss scale",
+    ),
+    Row(
         'data.load_state_dict(self.resume["data"])',
         "`LightningDataModule.load_state_dict`",
         "left out, the resumed run shuffles its epochs in the order the interrupted run began with",
@@ -242,9 +339,20 @@ MACHINERY = (
         "left out, a `DistributedSampler` shuffles every epoch in the same order",
     ),
     Row(
+        "return self._train_model.no_sync()",
+        "`DDPStrategy.block_backward_sync()`: `no_sync` on the batches the fit loop accumulates",
+        "left out, every batch's backward all-reduces: N all-reduces a step instead of one, and other bits "
+        "(pitfalls 11f)",
+    ),
+    Row(
         "if not torch.isfinite(loss):",
         "`StopOnNonFiniteLoss` callback, `on_train_batch_end`",
         "left out, a run whose loss turned NaN trains on to the end of the epoch",
+    ),
+    Row(
+        "if not stepped:",
+        "the logger connector and `GracefulStop`: `train/loss` logged, and a stop made, at a window's end",
+        "left out, a stop within a window saves a checkpoint without the window's gradients so far",
     ),
     Row(
         "if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):",
@@ -317,7 +425,8 @@ src/{{ cookiecutter.package_name }}/module.py`: the same names in the same order
 
 ## What the Trainer does around the loop
 
-The calls `run.distribute`, `run.start`, `run.epoch_start`, `run.batch_end` and `run.epoch_end` hold
+The calls `run.distribute`, `run.start`, `run.epoch_start`, `run.no_sync`, `run.batch_end` and
+`run.epoch_end` hold
 these lines (`src/{{ cookiecutter.package_name }}/machinery/plain_run.py`); nothing in them changes a
 number the loop computes, but where each sits keeps a resumed or distributed run bit-identical.
 

@@ -2,7 +2,9 @@
 
     python train_torch.py        # fit() on configs/default.yaml, logs to logs/torch/version_N
 
-Each line's comment names the Lightning hook or Trainer argument that does its work. `run` does
+Each line's comment names the Lightning hook or Trainer argument that does its work. With the
+defaults (32-bit, accumulate_grad_batches=1) the precision and accumulation lines change no number:
+autocast and the GradScaler are off, N is 1, and every batch ends in a step. `run` does
 what the Trainer does around the loop: DDP, resuming, logging, checkpoints and stops
 (machinery/plain_run.py). docs/side_by_side.md shows this file beside module.py, row by row.
 """
@@ -16,10 +18,14 @@ from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
 from {{ cookiecutter.package_name }}.model import MLP
 
+# The dtype autocast computes the forward in, per Trainer(precision=...); 32-bit: none.
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
 
 def fit(data: SpiralDataModule, hp, run: PlainRun):
     """Train an MLP on `data` with `hp` (seed, hidden, dropout, lr, classes, max_epochs,
-    gradient_clip_val: the config's values); return the model, optimizer and scheduler."""
+    gradient_clip_val, precision, accumulate_grad_batches: the config's values); return the
+    model, optimizer and scheduler."""
     torch.manual_seed(hp.seed)  # seed_everything
     device = run.device  # Trainer(accelerator=...)
 
@@ -39,32 +45,47 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.max_epochs)
 
+    # --- precision, accumulation: Trainer(precision=..., accumulate_grad_batches=N) ---
+    dtype = AUTOCAST.get(hp.precision)  # Trainer(precision=...)
+    autocast = torch.autocast(device.type, dtype, enabled=dtype is not None)  # MixedPrecision
+    scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "16-mixed")  # its scaler
+    N = hp.accumulate_grad_batches  # Trainer(accumulate_grad_batches=N)
+
     # --- before the first batch: Trainer(strategy="ddp"), Trainer.fit(ckpt_path=...) ---
     train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)
-    start_epoch = run.start(model, optimizer, scheduler, data, loader)
+    start_epoch = run.start(model, optimizer, scheduler, scaler, data, loader)
 
     # --- loop ---
     for epoch in run.progress(range(start_epoch, hp.max_epochs)):  # Trainer(max_epochs=...)
-        run.epoch_start(epoch)  # the fit loop: set_epoch, LearningRateMonitor
+        first = run.epoch_start(epoch)  # the fit loop: set_epoch, LearningRateMonitor
         model.train()  # the Trainer, after each validation (on_validation_model_train)
-        for X_batch, y_batch in loader:
+        for batch_idx, (X_batch, y_batch) in enumerate(loader, first):  # the fit loop's batch_idx
             X_batch, y_batch = X_batch.to(device), y_batch.to(device)  # transfer_batch_to_device
-            optimizer.zero_grad()  # optimizer_zero_grad
-            logits = train_model(X_batch)  # training_step
-            loss = criterion(logits, y_batch)  # training_step
-            loss.backward()  # backward
-            if hp.gradient_clip_val is not None:  # configure_gradient_clipping
-                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.gradient_clip_val)
-            optimizer.step()  # optimizer_step
-            run.batch_end(loss, epoch)  # self.log("train/loss", loss); on_train_batch_end
+            # A window of N batches, or the epoch's rest, ends in one step: _should_accumulate
+            steps = (batch_idx + 1) % N == 0 or batch_idx + 1 == len(loader)
+            if batch_idx % N == 0:  # a window's first batch
+                optimizer.zero_grad()  # optimizer_zero_grad
+            with run.no_sync(not steps):  # DDP: gradients all-reduced in a window's last backward
+                with autocast:  # the precision plugin, around training_step
+                    logits = train_model(X_batch)  # training_step
+                    loss = criterion(logits, y_batch)  # training_step
+                scaler.scale(loss / N).backward()  # backward: the closure's loss / N, scaled
+            if steps:  # the fit loop: optimizer_step at a window's end
+                scaler.unscale_(optimizer)  # MixedPrecision.optimizer_step, before the clipping
+                if hp.gradient_clip_val is not None:  # configure_gradient_clipping
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), hp.gradient_clip_val)
+                scaler.step(optimizer)  # optimizer_step (fp16: skipped if a gradient is inf)
+                scaler.update()  # MixedPrecision.optimizer_step
+            run.batch_end(loss, epoch, steps)  # self.log("train/loss", loss); on_train_batch_end
         scheduler.step()  # lr_scheduler_step (interval "epoch")
 
         model.eval()  # the Trainer, before validation
         with torch.no_grad():  # the Trainer, around validation
             for X_val, y_val in val_loader:
                 X_val, y_val = X_val.to(device), y_val.to(device)  # transfer_batch_to_device
-                val_logits = model(X_val)  # validation_step
-                val_loss.update(criterion(val_logits, y_val), weight=len(y_val))  # validation_step
-                val_acc.update(val_logits, y_val)  # validation_step
+                with autocast:  # the precision plugin, around validation_step
+                    val_logits = model(X_val)  # validation_step
+                    val_loss.update(criterion(val_logits, y_val), weight=len(y_val))
+                    val_acc.update(val_logits, y_val)  # validation_step
         run.epoch_end(epoch, val_loss, val_acc)  # self.log("val/..."), callbacks, checkpoint
     return model, optimizer, scheduler

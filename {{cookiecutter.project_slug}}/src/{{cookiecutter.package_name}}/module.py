@@ -3,9 +3,10 @@
     python train.py fit                  # trains it on configs/default.yaml
 
 The hooks come in the order loop.fit() runs their lines, with the same names. Lines of the loop
-that have no hook here are the Trainer's, with its defaults: `optimizer.zero_grad()`,
-`loss.backward()`, `clip_grad_norm_` (Trainer(gradient_clip_val=...)), `optimizer.step()`,
-`scheduler.step()`, `model.train()`, `model.eval()` and `torch.no_grad()`.
+that have no hook here are the Trainer's, with its defaults: `optimizer.zero_grad()`, `backward`,
+`clip_grad_norm_` (Trainer(gradient_clip_val=...)), the optimizer's and the scheduler's steps,
+`model.train()`, `model.eval()` and `torch.no_grad()`; autocast and the GradScaler
+(Trainer(precision=...)); the windows of Trainer(accumulate_grad_batches=...).
 docs/side_by_side.md shows the two files line for line.
 """
 

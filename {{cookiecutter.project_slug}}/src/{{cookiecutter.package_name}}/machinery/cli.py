@@ -19,6 +19,7 @@ from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch.cli import LightningArgumentParser
 
 from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, device_for
 
 
 class OneLineErrors:
@@ -81,6 +82,9 @@ def settings_problem(config: Namespace) -> str | None:
     # Lightning skips clipping at 0 (and below); clip_grad_norm_ would zero the gradients (or flip them).
     if clip is not None and not 0 < clip <= FLOAT32_MAX:
         return f"trainer.gradient_clip_val must be positive and finite, or null for no clipping, got {clip!r}"
+    accumulate = trainer.accumulate_grad_batches
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        return f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}"
     seed = config.seed_everything
     if isinstance(seed, int) and not isinstance(seed, bool) and seed not in SEEDS:
         return f"seed_everything must be in 0..{SEEDS[-1]}, got {seed}"
@@ -91,6 +95,10 @@ def settings_problem(config: Namespace) -> str | None:
     available = GPUS.get(str(trainer.accelerator))
     if available is not None and not available():
         return f"trainer.accelerator={trainer.accelerator!r}, but torch finds no such device here"
+    on_cpu = trainer.accelerator in DEVICES and device_for(trainer.accelerator).type == "cpu"
+    if str(trainer.precision) in ("16-mixed", "16") and on_cpu:
+        # Lightning would warn and train in bf16-mixed instead; the plain loop would train in fp16.
+        return f"trainer.precision={trainer.precision!r} needs a GPU; on the CPU, use bf16-mixed"
     return None
 
 

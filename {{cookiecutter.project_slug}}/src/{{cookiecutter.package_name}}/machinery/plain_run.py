@@ -4,10 +4,11 @@ loop.fit() calls a `PlainRun` at the places where the Trainer does the same work
 there with its Lightning counterpart:
 
     train_model, loader, val_loader = run.distribute(model, loader, val_loader, seed)
-    start_epoch = run.start(model, optimizer, scheduler, data, loader)
+    start_epoch = run.start(model, optimizer, scheduler, scaler, data, loader)
     for epoch in run.progress(range(start_epoch, max_epochs)):
-        run.epoch_start(epoch)
-        ...  run.batch_end(loss, epoch)  after each optimizer step
+        first = run.epoch_start(epoch)
+        ...  with run.no_sync(not steps): ...  around each forward and backward
+        ...  run.batch_end(loss, epoch, steps)  after each batch, `steps` if it ended in an optimizer step
         ...  run.epoch_end(epoch, val_loss, val_acc)  after each validation
 
 Nothing here changes a number the loop computes. What matters is where each call sits: the checkpoint is
@@ -17,7 +18,7 @@ draws what the interrupted run would have drawn next.
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,24 +58,27 @@ class PlainRun:
         """Trainer(strategy="ddp"), in one of several processes launched by torchrun; else nothing.
 
         Returns the model that training runs (under DDP its wrapper) and both DataLoaders."""
+        self._train_model = model
         if not distributed():
             return model, loader, val_loader
         torch.manual_seed(seed)  # setup_distributed: reset_seed() seeds each process again, after the model
         train_model = DistributedDataParallel(model)  # wraps the module: backward averages the gradients
+        self._train_model = train_model
         # use_distributed_sampler=True: both DataLoaders made anew, each process with its share of the points
         loader = with_sampler(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))
         val_loader = with_sampler(val_loader, DistributedSampler(val_loader.dataset, shuffle=False, seed=seed))
         return train_model, loader, val_loader
 
-    def start(self, model, optimizer, scheduler, data, loader) -> int:
+    def start(self, model, optimizer, scheduler, scaler, data, loader) -> int:
         """Trainer.fit(ckpt_path=...): restore `resume` into the run's objects; the epoch to start at."""
-        self._model, self._optimizer, self._scheduler = model, optimizer, scheduler
+        self._model, self._optimizer, self._scheduler, self._scaler = model, optimizer, scheduler, scaler
         self._data, self._loader, self._mid_epoch = data, loader, False
         if self.resume is None:
             return 0
         model.load_state_dict(self.resume["model"])  # the checkpoint's "state_dict"
         optimizer.load_state_dict(self.resume["optimizer"])  # its "optimizer_states"
         scheduler.load_state_dict(self.resume["scheduler"])  # its "lr_schedulers"
+        scaler.load_state_dict(self.resume["scaler"])  # its "MixedPrecision": the loss scale, 16-mixed
         data.load_state_dict(self.resume["data"])  # LightningDataModule.load_state_dict
         loader.load_state_dict(self.resume["loader"])  # the fit loop hands a stateful DataLoader its state
         set_rng_state(self.resume["rng"])  # ExactResume.on_load_checkpoint
@@ -88,19 +92,33 @@ class PlainRun:
             return epochs
         return tqdm(epochs, initial=epochs.start, total=epochs.stop, desc="fit", unit="epoch")
 
-    def epoch_start(self, epoch: int) -> None:
-        """The fit loop at an epoch's start: DistributedSampler.set_epoch; LearningRateMonitor."""
+    def epoch_start(self, epoch: int) -> int:
+        """The fit loop at an epoch's start: DistributedSampler.set_epoch; LearningRateMonitor. The index of
+        the epoch's first batch: 0, or where a run resumed mid-epoch goes on (the fit loop's batch_progress)."""
         if isinstance(self._loader.sampler, DistributedSampler):
             self._loader.sampler.set_epoch(epoch)
         if not self._mid_epoch:  # resuming mid-epoch, Lightning skips on_train_epoch_start: logged already
             self.writer.add_scalar("train/lr", self._scheduler.get_last_lr()[0], self.step)
+        first = self.resume["loader"]["batches"] if self._mid_epoch else 0
         self._mid_epoch = False
+        return first
 
-    def batch_end(self, loss: torch.Tensor, epoch: int) -> None:
-        """After the optimizer step: StopOnNonFiniteLoss, self.log("train/loss"), GracefulStop mid-epoch."""
+    def no_sync(self, accumulating: bool) -> AbstractContextManager:
+        """Around a batch's forward and backward. Under DDP, in a batch that does not end its window of
+        accumulate_grad_batches, DDP's no_sync: the gradients add up in each process, all-reduced once, in the
+        window's last backward (Lightning: strategy.block_backward_sync)."""
+        if accumulating and isinstance(self._train_model, DistributedDataParallel):
+            return self._train_model.no_sync()
+        return nullcontext()
+
+    def batch_end(self, loss: torch.Tensor, epoch: int, stepped: bool) -> None:
+        """After each batch: StopOnNonFiniteLoss; after one that ended in an optimizer step (`stepped`) also
+        self.log("train/loss") and GracefulStop mid-epoch: Lightning logs, and stops, at a window's end."""
         if not torch.isfinite(loss):
             raise NonFiniteLossError("train/loss", loss.item(), self.step, epoch)
-        self.writer.add_scalar("train/loss", loss.item(), self.step)
+        if not stepped:
+            return
+        self.writer.add_scalar("train/loss", loss.item(), self.step)  # the window's last batch's loss
         self.step += 1
         if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):
             self._save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
@@ -134,6 +152,7 @@ class PlainRun:
             "model": self._model.state_dict(),  # "state_dict"
             "optimizer": self._optimizer.state_dict(),  # "optimizer_states"
             "scheduler": self._scheduler.state_dict(),  # "lr_schedulers"
+            "scaler": self._scaler.state_dict(),  # "MixedPrecision": {} unless 16-mixed
             "data": self._data.state_dict(),  # LightningDataModule.state_dict
             "loader": self._loader.state_dict(),  # the fit loop's "combined_loader": order and position
             "rng": rng_state(),  # ExactResume.on_save_checkpoint

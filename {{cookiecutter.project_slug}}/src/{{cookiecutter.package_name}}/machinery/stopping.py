@@ -28,6 +28,12 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
+def ends_window(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether batch `batch_idx` ended in an optimizer step: the last of a window of accumulate_grad_batches, or the
+    epoch's last (the fit loop's `not _should_accumulate()`; the plain loop's `steps`)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or batch_idx + 1 == trainer.num_training_batches
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM only note that a stop was asked for; the loop stops where it can go on from.
 
@@ -94,9 +100,11 @@ class GracefulStop(StopRequest, L.Callback):
         self.listen()  # the Trainer restores the previous handlers when it ends
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        # Not on the epoch's last batch: the scheduler's epoch step and the validation belong to it. Not under DDP:
-        # its DistributedSampler cannot go on mid-epoch, and the processes must stop at the same batch.
-        if self.signal is not None and batch_idx + 1 < trainer.num_training_batches and trainer.world_size == 1:
+        # After an optimizer step: a checkpoint holds no accumulated gradients. Not on the epoch's last batch: the
+        # scheduler's epoch step and the validation belong to it. Not under DDP: its DistributedSampler cannot go
+        # on mid-epoch, and the processes must stop at the same batch.
+        last = batch_idx + 1 == trainer.num_training_batches
+        if self.signal is not None and ends_window(trainer, batch_idx) and not last and trainer.world_size == 1:
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -147,7 +155,7 @@ class GracefulStop(StopRequest, L.Callback):
 class StopOnNonFiniteLoss(L.Callback):
     """A NaN or infinite loss stops training at once, naming the step, before any checkpoint is written from it.
 
-    The training loss is checked after each optimizer step, the validation loss after each validation: the
+    The training loss is checked after each batch, the validation loss after each validation: the
     checkpoint callbacks run later (Lightning calls them last), so the last good checkpoint is never overwritten.
     """
 
@@ -161,7 +169,8 @@ class StopOnNonFiniteLoss(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
-            raise NonFiniteLossError("train/loss", loss.item(), trainer.global_step - 1, trainer.current_epoch)
+            step = trainer.global_step - ends_window(trainer, batch_idx)  # the step this batch is part of
+            raise NonFiniteLossError("train/loss", loss.item(), step, trainer.current_epoch)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get(self.val_loss)
