@@ -17,7 +17,7 @@ import torch
 from {{ cookiecutter.package_name }} import pitfalls, pitfalls_lab
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
-from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, Lab, Run, graph_nodes, identical
+from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, N, Lab, Run, graph_nodes, identical
 from {{ cookiecutter.package_name }}.pitfalls_rows import INTRO, ROWS, cells
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +235,55 @@ def test_lines_you_may_move_change_nothing(lab, line, place):
     assert identical(lab.run(), moved(lab, line, place))
 
 
+# --- 11: accumulation and mixed precision ---
+
+
+def test_a_loss_not_divided_by_n_gives_n_times_the_gradient(lab):
+    correct, undivided = lab.run(accumulate=N), lab.run(accumulate=N, divide_loss=False)
+    assert undivided.clip_saw[0] == N * correct.clip_saw[0]  # dividing by a power of two is exact
+    assert not identical(correct, undivided)
+
+
+def test_zero_grad_at_every_batch_accumulates_nothing(lab):
+    correct = lab.run(accumulate=N)
+    every = moved(lab, "optimizer.zero_grad()", "before every forward", accumulate=N)
+    per_epoch = len(correct.train_mode) // S.epochs  # batches; a window's later ones add to its earlier ones
+    first = torch.tensor([i % per_epoch % N == 0 for i in range(len(correct.leftover))])
+    assert (correct.leftover[~first] > 0).all() and not correct.leftover[first].any()
+    assert not every.leftover.any()
+    assert not identical(correct, every)
+
+
+def test_a_step_schedule_stepped_at_every_batch_runs_out_early(lab):
+    correct = moved(lab, "scheduler.step()", "after optimizer.step()", accumulate=N, step_schedule=True)
+    with pytest.warns(UserWarning, match=r"lr_scheduler.step\(\)` before `optimizer.step\(\)"):
+        every = pitfalls_lab.train(S, {"scheduler.step()": "after every batch"}, accumulate=N, step_schedule=True)
+    assert int(correct.lrs.argmin()) == len(correct.lrs) - 1  # the schedule's end at the run's
+    assert int(every.lrs.argmin()) < len(every.lrs) // 2
+
+
+def test_clipping_before_unscale_clips_the_scaled_gradients(lab):
+    correct = lab.run(fp16=True)
+    late = moved(lab, "scaler.unscale_()", "before optimizer.step()", fp16=True)
+    assert correct.clip_saw.max() < 10 and late.clip_saw.min() > 2**10  # the gradients times 2**16
+    assert torch.allclose(correct.applied, torch.full_like(correct.applied, S.clip), rtol=1e-4)  # it bites
+    assert late.applied.max() <= S.clip / 2**16 * (1 + 1e-4)
+
+
+def test_without_scaler_update_the_grad_scaler_refuses_the_next_step(lab):
+    correct = lab.run(fp16=True, init_scale=2.0**24)
+    assert 0 < correct.taken < len(correct.losses) and correct.scales[-1] < 2**24  # overflows, then backs off
+    with pytest.raises(RuntimeError, match=r"unscale_\(\) is being called after step\(\)"):
+        pitfalls_lab.train(S, {"scaler.update()": None}, fp16=True, init_scale=2.0**24)
+
+
+def test_without_no_sync_every_batch_all_reduces_and_the_bits_change(lab):
+    (with_no_sync, synced), (without, unsynced) = lab.ddp()[True], lab.ddp()[False]
+    batches = math.ceil(3 * S.points_per_class * 0.6 / 2 / S.batch_size)  # each process's share of an epoch
+    assert (with_no_sync, without) == (S.epochs * math.ceil(batches / N), S.epochs * batches)
+    assert any(not torch.equal(synced[k], unsynced[k]) for k in synced)
+
+
 # --- the lab itself ---
 
 
@@ -260,6 +309,12 @@ EXPECTED = {
     "9b": "`RandomSampler` draws",
     "10a": "a line you may move",
     "10b": "a line you may move",
+    "11a": "**yes**",
+    "11b": "**yes**",
+    "11c": "**yes**",
+    "11d": "**yes**",
+    "11e": "**no**, not silent",
+    "11f": "**yes**, and the bits change",
 }
 
 
@@ -285,7 +340,8 @@ def test_the_lab_runs_as_a_module(tmp_path):
     assert table.strip() in result.stdout and str(out) in result.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(EXPECTED)
-    for line in ["model.to", "zero_grad", "clip_grad_norm_", "scheduler.step", "model.train", "no_grad", "loss.item()"]:
+    lines = ["model.to", "zero_grad", "clip_grad_norm_", "scheduler.step", "model.train", "no_grad", "loss.item()"]
+    for line in [*lines, "loss / N", "scaler.unscale_", "scaler.update", "no_sync"]:
         assert line in table
 
 

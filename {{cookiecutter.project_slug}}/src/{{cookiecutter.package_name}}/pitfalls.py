@@ -16,6 +16,7 @@ logs/pitfalls/pitfalls.md. tests/test_pitfalls.py asserts each symptom, and that
 
 import argparse
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +29,7 @@ from {{ cookiecutter.package_name }}.machinery.loaders import EpochShuffle
 from {{ cookiecutter.package_name }}.pitfalls_lab import (
     FULL,
     QUICK,
+    N,
     Lab,
     Run,
     Settings,
@@ -347,6 +349,106 @@ def scheduler_after_validation(lab: Lab) -> Measured:
 @measures("10b")
 def zero_grad_after_forward(lab: Lab) -> Measured:
     return commutes(lab, line="optimizer.zero_grad()", place="after the forward")
+
+
+# --- accumulation and mixed precision ---
+
+
+@measures("11a")
+def loss_not_divided(lab: Lab) -> Measured:
+    correct, moved = lab.run(accumulate=N), lab.run(accumulate=N, divide_loss=False)
+    ratio = moved.clip_saw[0] / correct.clip_saw[0]
+    clipped = [int((run.clip_saw > lab.s.clip).sum()) for run in (correct, moved)]
+    return Measured(
+        measured=f"gradient norm at the first step {arrow(correct.clip_saw[0], moved.clip_saw[0])} (×{ratio:.3g}); "
+        f"clipping bites on {arrow(*clipped)} of {len(correct.losses)} steps; {gap(correct, moved)}",
+        verdict=f"**yes**, ×{N} the gradient; but Adam divides each step by the gradient's own scale, so only "
+        f"the clipping and Adam's eps see it (SGD's steps would be ×{N})"
+        if ratio == N and not identical(correct, moved)
+        else "**no**",
+    )
+
+
+@measures("11b")
+def zero_grad_every_batch(lab: Lab) -> Measured:
+    correct = lab.run(accumulate=N)
+    moved = lab.run({"optimizer.zero_grad()": "before every forward"}, accumulate=N)
+    held = [f"{int((run.leftover > 0).sum())} of {len(run.leftover)}" for run in (correct, moved)]
+    return Measured(
+        measured=f"batches whose `backward` adds to earlier batches' gradients: {arrow(*held)}; {gap(correct, moved)}",
+        verdict="**yes**: each step applies its window's last batch alone, divided by N"
+        if not moved.leftover.any() and correct.leftover.any()
+        else "**no**",
+    )
+
+
+@measures("11c")
+def scheduler_every_batch(lab: Lab) -> Measured:
+    correct = lab.run({"scheduler.step()": "after optimizer.step()"}, accumulate=N, step_schedule=True)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        moved = lab.run({"scheduler.step()": "after every batch"}, accumulate=N, step_schedule=True)
+    said = [str(w.message).split(". ")[0] for w in warned]
+    steps = len(correct.lrs)
+    lowest = [int(run.lrs.argmin()) for run in (correct, moved)]
+    return Measured(
+        measured=f"the learning rate's lowest point, at step {arrow(*lowest)} of {steps}; "
+        f"torch warned {len(said)} time{'' if len(said) == 1 else 's'}{f' (“{said[0]}”)' if said else ''}; "
+        f"final validation loss (accuracy) {arrow(final(correct), final(moved))}",
+        verdict=f"**yes**: {len(moved.train_mode) / steps:.3g} scheduler steps per optimizer step; it reaches its "
+        "end long before the run does, and climbs again (period 2·T_max)"
+        if lowest[1] < lowest[0]
+        else "**no**",
+    )
+
+
+@measures("11d")
+def unscale_after_clipping(lab: Lab) -> Measured:
+    correct = lab.run(fp16=True)
+    moved = lab.run({"scaler.unscale_()": "before optimizer.step()"}, fp16=True)
+    saw = [run.clip_saw[run.clip_saw.isfinite()].max() for run in (correct, moved)]
+    applied = [run.applied[run.applied.isfinite()] for run in (correct, moved)]
+    skipped = [len(run.losses) - run.taken for run in (correct, moved)]
+    return Measured(
+        measured=f"largest finite norm `clip_grad_norm_` saw {arrow(*saw)}; steps the scaler "
+        f"skipped (an inf gradient) {arrow(*skipped)} of {len(correct.losses)}; mean norm of the gradient a step "
+        f"applied {arrow(applied[0].mean(), applied[1].mean())}; {gap(correct, moved)}",
+        verdict="**yes**: it cuts the scaled gradient to max_norm, and unscaled the step applies max_norm / 2¹⁶; "
+        "Adam's normalisation hides most of it"
+        if applied[1].max() <= lab.s.clip / 2**16 * (1 + 1e-4) < applied[0].max()
+        else "**no**",
+    )
+
+
+@measures("11e")
+def scaler_update_left_out(lab: Lab) -> Measured:
+    correct = lab.run(fp16=True, init_scale=2.0**24)
+    skipped = len(correct.losses) - correct.taken
+    try:
+        lab.run({"scaler.update()": None}, fp16=True, init_scale=2.0**24)
+    except RuntimeError as error:
+        return Measured(
+            measured=f"with `update()`, {skipped} of {len(correct.losses)} steps skipped while the scale backs off "
+            f"from 2²⁴ to {correct.scales[-1]:.0f}; without, the second step raises `RuntimeError: {error}`",
+            verdict="**no**, not silent: the GradScaler refuses a second `unscale_` or `step` before `update()`",
+        )
+    return Measured(measured="no error", verdict="**yes**: see the numbers")
+
+
+@measures("11f")
+def no_sync_left_out(lab: Lab) -> Measured:
+    (with_no_sync, synced), (without, unsynced) = lab.ddp()[True], lab.ddp()[False]
+    changed = sum(int((synced[k] != unsynced[k]).sum()) for k in synced)
+    weights = sum(t.numel() for t in synced.values())
+    largest = max((synced[k].double() - unsynced[k].double()).abs().max().item() for k in synced)
+    return Measured(
+        measured=f"gradient all-reduces in each process: {arrow(with_no_sync, without)}; final weights that differ: "
+        f"{changed} of {weights}, by up to {largest:.2g}",
+        verdict="**yes**, and the bits change: each batch's gradients are averaged over the processes, then added "
+        "up, where `no_sync` adds them up and averages once"
+        if without > with_no_sync and changed
+        else "**partly**: see the numbers",
+    )
 
 
 # --- the table and the page ---

@@ -5,17 +5,25 @@ copy because what it measures sits between loop.py's lines (the norm `clip_grad_
 `backward` starts) and because several rows need a loop that loop.py cannot be: one that converts the dtype of
 its inputs, sums the validation loss itself (loop.py's MeanMetric updates without grad, so leaving out
 `torch.no_grad()` there keeps one batch's graph, not all of them), logs the loss tensor, or validates on a tensor.
+With `accumulate`, `fp16` and `step_schedule` it is loop.py's loop with accumulate_grad_batches, 16-mixed (on the
+CPU: torch's fp16 autocast and GradScaler run there too) and a schedule stepped per optimizer step.
+
+`ddp_allreduces` runs the accumulating loop in two processes, with and without DDP's no_sync.
 """
 
 import contextlib
+import tempfile
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
@@ -39,25 +47,36 @@ FULL = Settings(points_per_class=1000, epochs=100, clip=1.0, val_batch_size=100)
 # For the tests: clipping at 0.05 bites in 4 epochs, where 1.0 would not.
 QUICK = Settings(points_per_class=200, epochs=4, clip=0.05, val_batch_size=40)
 
-# The places in `train`, in the order the loop passes them.
+# Accumulating, the rows take windows of 4 batches: QUICK's 6 batches an epoch make a window of 4 and one of 2.
+N = 4
+
+# The places in `train`, in the order the loop passes them. Accumulating, "before the forward" is a window's first
+# batch's, "before every forward" every batch's; "after loss.backward()" to "after optimizer.step()" are a
+# window's last batch's, "after every batch" every batch's. Without accumulation, every batch passes them all.
 PLACES = (
     "before the optimizer",
     "after the optimizer",
     "at epoch start",
+    "before every forward",
     "before the forward",
     "after the forward",
     "after loss.backward()",
+    "before optimizer.step()",
     "after optimizer.step()",
+    "after every batch",
     "after the batches",
     "before validation",
     "after validation",
 )
-# Where each movable line of the essay's loop sits. A row moves one of them: another place, or None to leave it out.
+# Where each movable line of the loop sits, in the order lines at one place run. A row moves one of them: another
+# place, or None to leave it out.
 CORRECT = {
     "model.to(dtype)": "before the optimizer",
     "model.train()": "at epoch start",
     "optimizer.zero_grad()": "before the forward",
+    "scaler.unscale_()": "after loss.backward()",
     "clip_grad_norm_()": "after loss.backward()",
+    "scaler.update()": "after optimizer.step()",
     "scheduler.step()": "after the batches",
     "model.eval()": "before validation",
 }
@@ -71,7 +90,7 @@ class Run:
     lrs: Tensor  # the learning rate each step used
     leftover: Tensor  # norm of the gradient already in .grad when loss.backward() ran (0: none)
     clip_saw: Tensor  # total norm that clip_grad_norm_ measured, each call
-    applied: Tensor  # norm of the gradient that optimizer.step() applied
+    applied: Tensor  # norm of the gradient that optimizer.step() applied (unscaled, under fp16)
     train_mode: Tensor  # model.training at each training forward
     val_losses: Tensor  # every epoch
     val_accs: Tensor  # every epoch
@@ -82,7 +101,9 @@ class Run:
     params: dict[str, Tensor]  # the model's weights at the end
     change: float  # how far any weight moved from its initial value
     optimizer_has_model_params: bool  # whether the optimizer updates the model's own Parameter objects
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimizer steps
+    taken: int  # optimizer steps that changed the weights: GradScaler.step skips those with an inf gradient
+    scales: Tensor  # the GradScaler's scale after each step
 
 
 class SavedTensors:
@@ -148,13 +169,21 @@ def train(
     log_item: bool = True,
     loader_generator: bool = True,
     validate_on: str = "loader",
+    accumulate: int = 1,
+    divide_loss: bool = True,
+    fp16: bool = False,
+    init_scale: float = 2.0**16,
+    step_schedule: bool = False,
 ) -> Run:
     """The essay's loop, as in loop.py; `move` puts lines of CORRECT at other PLACES (None: nowhere).
 
     The switches are the rest of the crib sheet: `no_grad=False` leaves `torch.no_grad()` out of validation;
     `log_item=False` logs `loss` instead of `loss.item()`; `loader_generator=False` shuffles the training
     DataLoader without a generator of its own; `validate_on="tensor"` validates on the whole validation tensor, as
-    the essay does, instead of iterating a DataLoader, as Lightning does.
+    the essay does, instead of iterating a DataLoader, as Lightning does. And the lines after the essay's:
+    `accumulate` batches a step, the loss divided by it unless `divide_loss=False`; `fp16`, the forward in
+    float16 autocast and the loss scaled by a GradScaler from `init_scale`; `step_schedule`, a cosine schedule
+    over all the optimizer steps (`"interval": "step"`), its `scheduler.step()` then "after optimizer.step()".
     """
     for line, place in (move or {}).items():
         if line not in CORRECT or place not in (*PLACES, None):
@@ -175,18 +204,24 @@ def train(
     criterion = nn.CrossEntropyLoss()
     start = [p.detach().clone() for p in model.parameters()]
     # Lines that append to `seen` or `kept` only measure; every other line is the essay's loop.
-    seen = {name: [] for name in ("lrs", "leftover", "clip_saw", "applied", "train_mode", "val_losses", "val_accs")}
+    names = ("lrs", "leftover", "clip_saw", "applied", "train_mode", "val_losses", "val_accs", "scales")
+    seen = {name: [] for name in names}
     kept = []
     lines = {
         "model.to(dtype)": lambda: model.to(dtype),
         "model.train()": lambda: model.train(),
         "optimizer.zero_grad()": lambda: optimizer.zero_grad(),
+        "scaler.unscale_()": lambda: scaler.unscale_(optimizer),
         "clip_grad_norm_()": lambda: seen["clip_saw"].append(
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=s.clip).item()
         ),
+        "scaler.update()": lambda: scaler.update(),
         "scheduler.step()": lambda: scheduler.step(),
         "model.eval()": lambda: model.eval(),
     }
+    autocast = torch.autocast("cpu", torch.float16, enabled=fp16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, enabled=fp16)
+    steps_per_epoch = -(-len(loader) // accumulate)
 
     def at(place: str) -> None:
         """Run the movable lines that sit at this place."""
@@ -198,25 +233,34 @@ def train(
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
         at("before the optimizer")
         optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs)
+        T_max = s.epochs * steps_per_epoch if step_schedule else s.epochs
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max)
         at("after the optimizer")
         log = []  # what a training script keeps of each step's loss, to print or plot later
         for _epoch in range(s.epochs):
             at("at epoch start")
-            for X_batch, y_batch in loader:
-                at("before the forward")
+            for batch_idx, (X_batch, y_batch) in enumerate(loader):
+                steps = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == len(loader)
+                at("before every forward")
+                if batch_idx % accumulate == 0:
+                    at("before the forward")
                 seen["train_mode"].append(model.training)
-                logits = model(X_batch.to(dtype))
-                loss = criterion(logits, y_batch)
+                with autocast:
+                    logits = model(X_batch.to(dtype))
+                    loss = criterion(logits, y_batch)
                 at("after the forward")
                 seen["leftover"].append(grad_norm(model.parameters()))
-                loss.backward()
-                at("after loss.backward()")
-                seen["applied"].append(grad_norm(optimizer.param_groups[0]["params"]))
-                seen["lrs"].append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                at("after optimizer.step()")
-                log.append(loss.item() if log_item else loss)
+                scaler.scale(loss / accumulate if divide_loss else loss).backward()
+                if steps:
+                    at("after loss.backward()")
+                    at("before optimizer.step()")
+                    seen["applied"].append(grad_norm(optimizer.param_groups[0]["params"]))
+                    seen["lrs"].append(optimizer.param_groups[0]["lr"])
+                    scaler.step(optimizer)
+                    at("after optimizer.step()")
+                    seen["scales"].append(scaler.get_scale())
+                    log.append(loss.item() if log_item else loss)
+                at("after every batch")
             at("after the batches")
 
             at("before validation")
@@ -224,9 +268,10 @@ def train(
             with torch.no_grad() if no_grad else contextlib.nullcontext():
                 val_loss, hits = 0.0, 0
                 for X_val, y_val in val_loader:
-                    val_logits = model(X_val.to(dtype))
-                    # The essay's sum where loop.py has a MeanMetric: without no_grad, it holds every batch's graph.
-                    val_loss = val_loss + criterion(val_logits, y_val) * len(y_val)
+                    with autocast:
+                        val_logits = model(X_val.to(dtype))
+                        # The essay's sum where loop.py has a MeanMetric: without no_grad, it holds every graph.
+                        val_loss = val_loss + criterion(val_logits, y_val) * len(y_val)
                     hits += (val_logits.argmax(dim=1) == y_val).sum().item()
                     kept[-1].append(saved.count())
             seen["val_losses"].append(number(val_loss) / len(data.val_set))
@@ -251,8 +296,57 @@ def train(
         optimizer_has_model_params=all(
             a is b for a, b in zip(optimizer.param_groups[0]["params"], model.parameters(), strict=True)
         ),
-        steps_per_epoch=len(loader),
+        steps_per_epoch=steps_per_epoch,
+        taken=max((int(state["step"]) for state in optimizer.state.values()), default=0),
     )
+
+
+def ddp_allreduces(s: Settings) -> dict[bool, tuple[int, dict[str, Tensor]]]:
+    """The loop accumulating N batches a step, without a schedule, in two CPU processes under DDP, each on its half
+    of the points: with DDP's no_sync around the batches before a window's last (True), and without (False). For
+    each, how many gradient all-reduces one process made, and the final weights."""
+    with tempfile.TemporaryDirectory() as directory:
+        torch.multiprocessing.spawn(ddp_process, (s, directory), nprocs=2)
+        return torch.load(Path(directory) / "rank0.pt", weights_only=True)
+
+
+def ddp_process(rank: int, s: Settings, directory: str) -> None:
+    """One of ddp_allreduces' two processes."""
+    torch.set_num_threads(1)
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"file://{directory}/store", rank=rank, world_size=2)
+    data = SpiralDataModule(points_per_class=s.points_per_class, batch_size=s.batch_size, seed=s.seed)
+    data.setup("fit")
+    loader = DataLoader(data.train_set, s.batch_size, sampler=DistributedSampler(data.train_set, seed=s.seed))
+    criterion = nn.CrossEntropyLoss()
+    results = {}
+    for no_sync in (True, False):
+        torch.manual_seed(s.seed)
+        model = DistributedDataParallel(MLP(hidden=s.hidden))
+        allreduces = []
+
+        def counted(state, bucket, allreduces=allreduces):  # DDP's own all-reduce, counted
+            allreduces.append(bucket.index())
+            return allreduce_hook(state, bucket)
+
+        model.register_comm_hook(None, counted)
+        optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+        for epoch in range(s.epochs):
+            loader.sampler.set_epoch(epoch)
+            for batch_idx, (X_batch, y_batch) in enumerate(loader):
+                steps = (batch_idx + 1) % N == 0 or batch_idx + 1 == len(loader)
+                if batch_idx % N == 0:
+                    optimizer.zero_grad()
+                with model.no_sync() if no_sync and not steps else contextlib.nullcontext():
+                    (criterion(model(X_batch), y_batch) / N).backward()
+                if steps:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+                    optimizer.step()
+        results[no_sync] = len(allreduces), {name: p.detach().clone() for name, p in model.module.state_dict().items()}
+        del model  # with its comm hook, before the process group it holds
+    if rank == 0:
+        torch.save(results, Path(directory) / "rank0.pt")
+    dist.destroy_process_group()
 
 
 def identical(a: Run, b: Run) -> bool:
@@ -298,3 +392,8 @@ class Lab:
             with overwrite_params_on_conversion(overwrite):
                 self.runs[key] = train(self.s, move, **switches)
         return self.runs[key]
+
+    def ddp(self) -> dict[bool, tuple[int, dict[str, Tensor]]]:
+        if "ddp" not in self.runs:
+            self.runs["ddp"] = ddp_allreduces(self.s)
+        return self.runs["ddp"]

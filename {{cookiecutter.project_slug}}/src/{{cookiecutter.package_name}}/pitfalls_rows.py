@@ -7,7 +7,7 @@ tests/test_pitfalls.py checks docs/pitfalls.md's static cells against ROWS.
 import dataclasses
 from typing import NamedTuple
 
-from {{ cookiecutter.package_name }}.pitfalls_lab import Settings
+from {{ cookiecutter.package_name }}.pitfalls_lab import N, Settings
 
 
 class Row(NamedTuple):
@@ -36,6 +36,7 @@ CLIP_GUARD = (
     "Back: clipping yourself in `training_step` (before `backward`) or `on_train_batch_end` (after the step)."
 )
 
+ACCUMULATING = f"accumulating {N} batches a step"
 ROWS = (
     Row(
         number="1a",
@@ -156,7 +157,56 @@ ROWS = (
         claim="(its loop clears before the forward)",
         guard="Lightning's own place: `optimizer_zero_grad` runs after `training_step`, just before `backward`.",
     ),
+    Row(
+        number="11a",
+        line="`loss / N`",
+        moved=f"left out: `loss` as it is, {ACCUMULATING}",
+        claim="(not in the essay) N times the gradient: as if the learning rate were N times higher",
+        guard="The closure divides the loss by `accumulate_grad_batches` (`ClosureResult`). "
+        "Back: manual optimization, or a `backward` of your own.",
+    ),
+    Row(
+        number="11b",
+        line="`optimizer.zero_grad()`",
+        moved=f"at every batch, {ACCUMULATING}",
+        claim="(not in the essay) nothing accumulates",
+        guard="The closure calls `optimizer_zero_grad` on a window's first batch alone. "
+        "Back: `optimizer.zero_grad()` of your own in `training_step` or `on_train_batch_start`.",
+    ),
+    Row(
+        number="11c",
+        line="`scheduler.step()`, a schedule over the optimizer steps",
+        moved=f"at every batch, {ACCUMULATING}",
+        claim="(not in the essay) the schedule runs N times too fast",
+        guard='An `"interval": "step"` scheduler steps with the optimizer: `update_lr_schedulers` skips the batches '
+        "the fit loop accumulates. Back: stepping it yourself in `on_train_batch_end`.",
+    ),
+    Row(
+        number="11d",
+        line="`scaler.unscale_(optimizer)`",
+        moved="after `clip_grad_norm_()`, fp16 with a GradScaler",
+        claim="(not in the essay) the clipping sees the gradients times the loss scale",
+        guard="`MixedPrecision.optimizer_step` unscales before `configure_gradient_clipping`. "
+        "Back: clipping yourself in `on_after_backward` under `16-mixed`.",
+    ),
+    Row(
+        number="11e",
+        line="`scaler.update()`",
+        moved="left out; fp16, the loss scale starting at 2²⁴, which overflows",
+        claim="(not in the essay) the scale never backs off: every step is skipped",
+        guard="`MixedPrecision.optimizer_step` updates the scaler after each step. "
+        "Back: manual optimization with a GradScaler of your own.",
+    ),
+    Row(
+        number="11f",
+        line="`with model.no_sync():`",
+        moved=f"left out of the batches before a window's last; DDP in 2 processes, {ACCUMULATING}",
+        claim="(not in the essay) a gradient all-reduce at every batch",
+        guard="`DDPStrategy.block_backward_sync` (`no_sync`) on the batches the fit loop accumulates. "
+        "Back: manual optimization without `no_sync`.",
+    ),
 )
+
 
 HEADER = (
     "| # | line | moved | measured | the essay says | on this torch | what guards it in Lightning |\n"
