@@ -153,16 +153,19 @@ SETTINGS = {"defaults": [], "16-mixed, accumulating 2": ["--trainer.accumulate_g
 
 
 @pytest.fixture(params=SETTINGS)
-def recorded(request, recorder, monkeypatch, tmp_path) -> tuple[list, list]:
-    """(event, hook) pairs of a Lightning run, then of the plain loop, on the same tiny config."""
+def recorded(request, recorder, monkeypatch, tmp_path) -> tuple[str, list, list]:
+    """The settings' name, then (event, hook) pairs of a Lightning run and of the plain loop, on the same tiny
+    config."""
     # conftest's TINY run draws no animation: its forward runs in a callback, not a module hook.
     args = [f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY, *SETTINGS[request.param]]
-    fp16 = request.param != "defaults"
-    allow_fp16_on_cpu(monkeypatch)
+    own = {"lightning": [], "torch": []}
+    if request.param != "defaults":
+        allow_fp16_on_cpu(monkeypatch)
+        own = FP16
     monkeypatch.setattr(train, "SpiralClassifier", in_hooks(recorder))
-    fit("lightning", [*args, *FP16["lightning"][:fp16]])
+    fit("lightning", [*args, *own["lightning"]])
     lightning = recorder.take()
-    fit("torch", [*args, *FP16["torch"][:fp16]])
+    fit("torch", [*args, *own["torch"]])
     return request.param, lightning, recorder.take()
 
 

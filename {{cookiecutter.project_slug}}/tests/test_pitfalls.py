@@ -17,7 +17,7 @@ import torch
 from {{ cookiecutter.package_name }} import pitfalls, pitfalls_lab
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
-from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, N, Lab, Run, graph_nodes, identical
+from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, Lab, N, Run, graph_nodes, identical
 from {{ cookiecutter.package_name }}.pitfalls_rows import INTRO, ROWS, cells
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,8 +29,8 @@ from {{ cookiecutter.package_name }}.machinery.loaders import EpochShuffle
 from {{ cookiecutter.package_name }}.pitfalls_lab import (
     FULL,
     QUICK,
-    N,
     Lab,
+    N,
     Run,
     Settings,
     equal_steps,
