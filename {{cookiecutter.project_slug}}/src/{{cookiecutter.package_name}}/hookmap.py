@@ -339,7 +339,7 @@ MACHINERY = (
         "left out, a `DistributedSampler` shuffles every epoch in the same order",
     ),
     Row(
-        "return self._train_model.no_sync()",
+        "return ddp.no_sync()",
         "`DDPStrategy.block_backward_sync()`: `no_sync` on the batches the fit loop accumulates",
         "left out, every batch's backward all-reduces: N all-reduces a step instead of one, and other bits "
         "(pitfalls 11f)",

@@ -17,6 +17,8 @@ draws what the interrupted run would have drawn next.
 """
 
 import os
+import traceback
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -58,12 +60,12 @@ class PlainRun:
         """Trainer(strategy="ddp"), in one of several processes launched by torchrun; else nothing.
 
         Returns the model that training runs (under DDP its wrapper) and both DataLoaders."""
-        self._train_model = model
+        self._ddp = None
         if not distributed():
             return model, loader, val_loader
         torch.manual_seed(seed)  # setup_distributed: reset_seed() seeds each process again, after the model
         train_model = DistributedDataParallel(model)  # wraps the module: backward averages the gradients
-        self._train_model = train_model
+        self._ddp = weakref.ref(train_model)  # not kept beyond the loop: see process_group
         # use_distributed_sampler=True: both DataLoaders made anew, each process with its share of the points
         loader = with_sampler(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))
         val_loader = with_sampler(val_loader, DistributedSampler(val_loader.dataset, shuffle=False, seed=seed))
@@ -107,8 +109,9 @@ class PlainRun:
         """Around a batch's forward and backward. Under DDP, in a batch that does not end its window of
         accumulate_grad_batches, DDP's no_sync: the gradients add up in each process, all-reduced once, in the
         window's last backward (Lightning: strategy.block_backward_sync)."""
-        if accumulating and isinstance(self._train_model, DistributedDataParallel):
-            return self._train_model.no_sync()
+        ddp = self._ddp and self._ddp()
+        if accumulating and ddp is not None:
+            return ddp.no_sync()
         return nullcontext()
 
     def batch_end(self, loss: torch.Tensor, epoch: int, stepped: bool) -> None:
@@ -193,8 +196,14 @@ def process_group(accelerator: str) -> Iterator[torch.device]:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # The DDP wrapper must be gone before the process group: freed later, with the group's last reference, it
+    # destroys the group while holding the GIL, which a gloo thread may be waiting for, and the process hangs.
+    # The loop's frame holds the wrapper: it ends with the loop, or, on an error, the traceback's frames let go.
     try:
         yield device
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         torch.distributed.destroy_process_group()
 
