@@ -50,7 +50,8 @@ PLUGIN = {
     "class_path": "lightning.pytorch.plugins.MixedPrecision",
     "init_args": {"precision": "16-mixed", "device": "cpu"},
 }
-FP16 = {"lightning": [f"--trainer.plugins+={json.dumps(PLUGIN)}"], "torch": ["--trainer.precision=16-mixed"]}
+CPU = "--trainer.accelerator=cpu"  # the plugin's device, also where a GPU is at hand
+FP16 = {"lightning": [f"--trainer.plugins+={json.dumps(PLUGIN)}", CPU], "torch": ["--trainer.precision=16-mixed", CPU]}
 
 
 def allow_fp16_on_cpu(monkeypatch) -> None:

@@ -113,7 +113,6 @@ def interrupted(
     last line on stderr."""
     handle = register(SendAt(signum, step))
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    started = int(time.time())
     try:
         with pytest.raises(SystemExit) as stop:
             fit(side, args)
@@ -125,7 +124,7 @@ def interrupted(
     # TensorBoard reads a run's event files in the order of their names: the second each was opened, then a count
     # of the process's writers, compared as text ("...17.10" before "...17.9"). A resumed run in this process must
     # open its file in a later second, as a resumed run in a new process does.
-    time.sleep(max(0.0, started + 1 - time.time()))
+    time.sleep(1 - time.time() % 1)
     lines = capsys.readouterr().err.strip().splitlines()
     return stop.value.code, lines[-1] if lines else ""
 
@@ -178,6 +177,19 @@ def test_a_signal_within_a_window_stops_at_its_end_and_resuming_is_bit_identical
     assert mismatches(final(tmp_path, side), expected) == []
     scaler = final(tmp_path, side)[0]["MixedPrecision" if side == "lightning" else "scaler"]
     assert scaler["_growth_tracker"] == 4 * 2  # the scaler counted all 8 steps, the 3 before the stop too
+
+
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_a_32_bit_run_goes_on_in_16_mixed_with_a_new_grad_scaler(side, tmp_path, monkeypatch, capsys):
+    """A checkpoint without a scaler's state: Lightning starts a new GradScaler (its MixedPrecision entry is
+    missing), and so does the plain loop."""
+    allow_fp16_on_cpu(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, _ = interrupted(side, [*TINY, FP16[side][-1]], signal.SIGTERM, 4, capsys)
+    assert code == 143
+    fit(side, [*TINY, *FP16[side], "--ckpt_path=last"])
+    scaler = final(tmp_path, side)[0]["MixedPrecision" if side == "lightning" else "scaler"]
+    assert scaler["_growth_tracker"] == 12 - 5  # the steps after the stop
 
 
 @pytest.mark.parametrize("side", ["lightning", "torch"])

@@ -314,7 +314,7 @@ MACHINERY = (
     Row('model.load_state_dict(self.resume["model"])', "`Trainer.fit(ckpt_path=...)`, before training starts"),
     Row(
         'scaler.load_state_dict(self.resume["scaler"])',
-        "`MixedPrecision.load_state_dict`, the checkpoint's `MixedPrecision` key",
+        "`MixedPrecision.load_state_dict`, where the checkpoint has a `MixedPrecision` key",
         "left out, a resumed `16-mixed` run starts again from the initial loss scale",
     ),
     Row(
@@ -352,7 +352,8 @@ MACHINERY = (
     Row(
         "if not stepped:",
         "the logger connector and `GracefulStop`: `train/loss` logged, and a stop made, at a window's end",
-        "left out, a stop within a window saves a checkpoint without the window's gradients so far",
+        "left out, `train/loss` and the step count advance at every batch, and a stop within a window saves a "
+        "checkpoint without the window's gradients so far",
     ),
     Row(
         "if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):",
@@ -427,8 +428,9 @@ src/{{ cookiecutter.package_name }}/module.py`: the same names in the same order
 
 The calls `run.distribute`, `run.start`, `run.epoch_start`, `run.no_sync`, `run.batch_end` and
 `run.epoch_end` hold
-these lines (`src/{{ cookiecutter.package_name }}/machinery/plain_run.py`); nothing in them changes a
-number the loop computes, but where each sits keeps a resumed or distributed run bit-identical.
+these lines (`src/{{ cookiecutter.package_name }}/machinery/plain_run.py`); but for `no_sync`, nothing in
+them changes a number the loop computes, and where each sits keeps a resumed or distributed run
+bit-identical.
 
 {machinery}
 

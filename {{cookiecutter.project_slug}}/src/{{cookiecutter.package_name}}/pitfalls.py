@@ -429,7 +429,7 @@ def scaler_update_left_out(lab: Lab) -> Measured:
     except RuntimeError as error:
         return Measured(
             measured=f"with `update()`, {skipped} of {len(correct.losses)} steps skipped while the scale backs off "
-            f"from 2²⁴ to {correct.scales[-1]:.0f}; without, the second step raises `RuntimeError: {error}`",
+            f"from 2²⁴ to {correct.scales.min():.0f}; without, the second step raises `RuntimeError: {error}`",
             verdict="**no**, not silent: the GradScaler refuses a second `unscale_` or `step` before `update()`",
         )
     return Measured(measured="no error", verdict="**yes**: see the numbers")

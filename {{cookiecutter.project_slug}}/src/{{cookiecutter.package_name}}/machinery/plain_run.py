@@ -11,7 +11,8 @@ there with its Lightning counterpart:
         ...  run.batch_end(loss, epoch, steps)  after each batch, `steps` if it ended in an optimizer step
         ...  run.epoch_end(epoch, val_loss, val_acc)  after each validation
 
-Nothing here changes a number the loop computes. What matters is where each call sits: the checkpoint is
+Nothing here changes a number the loop computes, but for `no_sync`, which decides how DDP adds up the gradients of
+a window of accumulated batches. What matters is where each call sits: the checkpoint is
 written after the scheduler's step and the validation, the random state with it, so that a resumed run
 draws what the interrupted run would have drawn next.
 """
@@ -80,7 +81,8 @@ class PlainRun:
         model.load_state_dict(self.resume["model"])  # the checkpoint's "state_dict"
         optimizer.load_state_dict(self.resume["optimizer"])  # its "optimizer_states"
         scheduler.load_state_dict(self.resume["scheduler"])  # its "lr_schedulers"
-        scaler.load_state_dict(self.resume["scaler"])  # its "MixedPrecision": the loss scale, 16-mixed
+        if self.resume["scaler"]:  # its "MixedPrecision", from a 16-mixed run: the loss scale
+            scaler.load_state_dict(self.resume["scaler"])
         data.load_state_dict(self.resume["data"])  # LightningDataModule.load_state_dict
         loader.load_state_dict(self.resume["loader"])  # the fit loop hands a stateful DataLoader its state
         set_rng_state(self.resume["rng"])  # ExactResume.on_load_checkpoint
