@@ -62,12 +62,17 @@ def check_typed(answers, key: str) -> str:
     return ""
 
 
+# The functions that hold the answers given as key=value (or cruft's --extra-context; `cruft update`: the
+# project's own answers), before cookiecutter drops those it does not know.
+GIVEN_IN = ("cookiecutter", "generate_cookiecutter_context")
+
+
 def given() -> dict:
-    """The answers given as key=value (cookiecutter's extra_context), before cookiecutter drops those it does not
-    know; {} under --replay. Cookiecutter hands its filters only the known ones, so this asks up the stack."""
+    """The answers given as key=value or --extra-context; {} under --replay. Cookiecutter hands its filters only
+    the known ones, so this asks up the stack."""
     frame = inspect.currentframe()
     while frame is not None:
-        if frame.f_code.co_name == "cookiecutter" and "extra_context" in frame.f_locals:
+        if frame.f_code.co_name in GIVEN_IN and "extra_context" in frame.f_locals:
             return frame.f_locals["extra_context"] or {}
         frame = frame.f_back
     return {}
@@ -96,7 +101,7 @@ def check_answers(answers) -> str:
     unknown = [
         f"error: {key} is not one of this template's answers ({', '.join(known)}); pass only those"
         for key in given()
-        if key not in known
+        if key not in known and not key.startswith("_")  # cruft update passes the private ones back too
     ]
     stop(unknown + load_rules().problems(dict(answers)))
     return ""

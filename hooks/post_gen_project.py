@@ -15,7 +15,7 @@ from pathlib import Path
 SLUG = json.loads(r'{{ cookiecutter.project_slug | tojson }}')
 LICENSE = json.loads(r'{{ cookiecutter.license | tojson }}')
 GITHUB_ACTIONS = json.loads(r'{{ cookiecutter.github_actions | tojson }}')
-OUTPUT_DIR = json.loads(r'{{ cookiecutter._output_dir | tojson }}')
+OUTPUT_DIR = json.loads(r'{{ cookiecutter._output_dir | default("") | tojson }}')  # cruft does not set it
 # fmt: on
 
 if LICENSE == "none":
@@ -24,7 +24,7 @@ if GITHUB_ACTIONS == "no":
     shutil.rmtree(".github")
 
 # cookiecutter has moved into the template by now; the shell's PWD still says where the user typed the command.
-project = os.path.join(OUTPUT_DIR, SLUG)
+project = os.path.join(OUTPUT_DIR, SLUG) if OUTPUT_DIR else os.getcwd()  # the hook runs in the project
 where = os.path.relpath(project, os.environ["PWD"]) if "PWD" in os.environ else project
 if where.startswith(".."):
     where = project
