@@ -96,17 +96,18 @@ def ctrl_c(command: list[str], cwd: Path, checkpoint: Path) -> tuple[int, str]:
 
 
 CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt"}
+# Where each side's checkpoint keeps the GradScaler's state: Lightning's under its precision plugin's name.
+SCALER = {"lightning": "MixedPrecision", "torch": "scaler"}
 
 
 def final_state(side: str, directory: Path) -> dict:
     """The final weights, optimizer, scheduler and GradScaler state in a run's checkpoint, named alike for both."""
     checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
     if side == "torch":
-        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler", "scaler")}
+        return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler", SCALER[side])}
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
-    # The precision plugin's state, where it has one: the GradScaler's, under 16-mixed.
-    scaler = checkpoint.get("MixedPrecision", {})
+    scaler = checkpoint.get(SCALER[side], {})  # the precision plugin's state, where it has one: 16-mixed
     return {"model": weights, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
 

@@ -21,11 +21,13 @@ from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metri
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import (
+    CPU,
     ENV,
     FP16,
     LIGHTNING,
     QUIET,
     ROOT,
+    SCALER,
     allow_fp16_on_cpu,
     ctrl_c,
     differences,
@@ -175,7 +177,7 @@ def test_a_signal_within_a_window_stops_at_its_end_and_resuming_is_bit_identical
     assert " at step 3 (epoch 1)" in said, said
     fit(side, [*args, "--ckpt_path=last"])
     assert mismatches(final(tmp_path, side), expected) == []
-    scaler = final(tmp_path, side)[0]["MixedPrecision" if side == "lightning" else "scaler"]
+    scaler = final(tmp_path, side)[0][SCALER[side]]
     assert scaler["_growth_tracker"] == 4 * 2  # the scaler counted all 8 steps, the 3 before the stop too
 
 
@@ -185,10 +187,10 @@ def test_a_32_bit_run_goes_on_in_16_mixed_with_a_new_grad_scaler(side, tmp_path,
     missing), and so does the plain loop."""
     allow_fp16_on_cpu(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    code, _ = interrupted(side, [*TINY, FP16[side][-1]], signal.SIGTERM, 4, capsys)
+    code, _ = interrupted(side, [*TINY, CPU], signal.SIGTERM, 4, capsys)
     assert code == 143
     fit(side, [*TINY, *FP16[side], "--ckpt_path=last"])
-    scaler = final(tmp_path, side)[0]["MixedPrecision" if side == "lightning" else "scaler"]
+    scaler = final(tmp_path, side)[0][SCALER[side]]
     assert scaler["_growth_tracker"] == 12 - 5  # the steps after the stop
 
 
