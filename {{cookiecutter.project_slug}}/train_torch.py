@@ -79,8 +79,10 @@ PLAIN_LOOP_TRAINER = {
 }
 
 
-def parse(args: list[str] | None = None):
-    parser = Parser(default_config_files=[str(DEFAULT_CONFIG)], description=__doc__)
+def parse(args: list[str] | None = None, script: str = "train_torch.py", doc: str = __doc__):
+    """The config and its parser; train_fabric.py's are these too."""
+    loop = "the Fabric loop" if script == "train_fabric.py" else "the plain loop"
+    parser = Parser(default_config_files=[str(DEFAULT_CONFIG)], description=doc)
     on_top = "A config file on top of configs/default.yaml."
     parser.add_argument("--config", action=ActionConfigFile, help=on_top)
     parser.add_argument("--seed_everything", type=int, required=True)
@@ -102,35 +104,47 @@ def parse(args: list[str] | None = None):
     trainer = config.trainer
     for key, allowed in PLAIN_LOOP_TRAINER.items():
         if trainer[key] not in allowed:
-            refused = f"is not implemented by the plain loop (it does {allowed}); use train.py"
+            refused = f"is not implemented by {loop} (it does {allowed}); use train.py"
             parser.error(f"trainer.{key}={trainer[key]!r} {refused}")
     problem = settings_problem(config)  # train.py refuses the same
     if problem is not None:
         parser.error(problem)
     switch_off_if_undrawable(config)
     if trainer.accelerator not in DEVICES:
-        refused = f"the plain loop runs on one of {list(DEVICES)}"
+        refused = f"{loop} runs on one of {list(DEVICES)}"
         parser.error(f"trainer.accelerator={trainer.accelerator!r}: {refused}")
     if not str(getattr(trainer.logger, "class_path", "")).endswith("TensorBoardLogger"):
         refused = "logs where trainer.logger, a TensorBoardLogger, does; the config has none"
-        parser.error(f"train_torch.py {refused}")
+        parser.error(f"{script} {refused}")
     return parser, config
 
 
 def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
     """The checkpoint `--ckpt_path` names and the run directory to go on in; config takes the
-    run's settings."""
+    run's settings. train_fabric.py writes the same checkpoints."""
     checkpoint, run = adopt_checkpoint(
         config,
         parser.get_defaults(),
         root,
-        ("last.pt", ("model", "optimizer", "scheduler", "scaler", "hparams"), "train_torch.py"),
+        ("last.pt", ("model", "optimizer", "scheduler", "scaler", "hparams"), "the plain or Fabric loop"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
     hp = config.model
     model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)
     check_shapes(checkpoint["model"], model.state_dict(), config.ckpt_path)
     return checkpoint, run or next_version(root)
+
+
+def loop_settings(config: Namespace) -> Namespace:
+    """What loop.fit() reads: the seed, the model's settings and the trainer's the loop implements."""
+    return Namespace(
+        seed=config.seed_everything,
+        **config.model,
+        max_epochs=config.trainer.max_epochs,
+        gradient_clip_val=config.trainer.gradient_clip_val,
+        precision=config.trainer.precision,
+        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
+    )
 
 
 def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
@@ -162,14 +176,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
     else:
         previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_DFL)}
     command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-    hp = Namespace(
-        seed=config.seed_everything,
-        **config.model,
-        max_epochs=config.trainer.max_epochs,
-        gradient_clip_val=config.trainer.gradient_clip_val,
-        precision=config.trainer.precision,
-        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
-    )
+    hp = loop_settings(config)
     try:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this
         # run logs it anew.

@@ -51,11 +51,17 @@ PLUGIN = {
     "init_args": {"precision": "16-mixed", "device": "cpu"},
 }
 CPU = "--trainer.accelerator=cpu"  # the plugin's device, also where a GPU is at hand
-FP16 = {"lightning": [f"--trainer.plugins+={json.dumps(PLUGIN)}", CPU], "torch": ["--trainer.precision=16-mixed", CPU]}
+# train_fabric.py gives Fabric the plugin of the same name, Fabric's.
+FP16 = {
+    "lightning": [f"--trainer.plugins+={json.dumps(PLUGIN)}", CPU],
+    "torch": ["--trainer.precision=16-mixed", CPU],
+    "fabric": [f"--trainer.plugins+={json.dumps(PLUGIN)}", CPU],
+}
 
 
 def allow_fp16_on_cpu(monkeypatch) -> None:
-    """Lift train_torch.py's refusal of 16-mixed on the CPU, and that alone, for one test."""
+    """Lift train_torch.py's refusal of 16-mixed on the CPU, and that alone, for one test (train_fabric.py's
+    too: its command line is train_torch.py's)."""
     import train_torch
 
     refuse = train_torch.settings_problem
@@ -69,12 +75,16 @@ def allow_fp16_on_cpu(monkeypatch) -> None:
 
 
 def fit(side: str, args: list[str]):
-    """The real entry point of one side, `lightning` or `torch`, in this process: `train.main(["fit", ...])`
-    (without the model summary, which the plain loop does not print) or `train_torch.main`."""
+    """The real entry point of one side, `lightning`, `torch` or `fabric`, in this process:
+    `train.main(["fit", ...])` (without the model summary, which the plain loop does not print),
+    `train_torch.main` or `train_fabric.main`."""
     import train  # the project's root, on sys.path since above
+    import train_fabric
     import train_torch
 
-    return train.main(["fit", *LIGHTNING, *args]) if side == "lightning" else train_torch.main(args)
+    if side == "lightning":
+        return train.main(["fit", *LIGHTNING, *args])
+    return (train_torch if side == "torch" else train_fabric).main(args)
 
 
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -95,15 +105,15 @@ def ctrl_c(command: list[str], cwd: Path, checkpoint: Path) -> tuple[int, str]:
     return process.returncode, stderr.decode()
 
 
-CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt"}
+CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt", "fabric": "last.pt"}  # the Fabric loop's: the plain's
 # Where each side's checkpoint keeps the GradScaler's state: Lightning's under its precision plugin's name.
-SCALER = {"lightning": "MixedPrecision", "torch": "scaler"}
+SCALER = {"lightning": "MixedPrecision", "torch": "scaler", "fabric": "scaler"}
 
 
 def final_state(side: str, directory: Path) -> dict:
     """The final weights, optimizer, scheduler and GradScaler state in a run's checkpoint, named alike for both."""
     checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
-    if side == "torch":
+    if side != "lightning":
         return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler", SCALER[side])}
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]

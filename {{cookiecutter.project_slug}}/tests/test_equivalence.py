@@ -1,8 +1,9 @@
-"""The claim of this project: Lightning computes exactly what the plain loop computes.
+"""The claim of this project: Lightning and the Fabric loop compute exactly what the plain loop computes.
 
-Both real entry points, train.main (LightningCLI) and train_torch.main (loop.fit), run here on the same flags.
-What they write to TensorBoard, the final weights, optimizer state and scheduler state must be identical:
-torch.equal, no tolerance. Negative controls break one line of the plain loop and must be caught.
+The three real entry points, train.main (LightningCLI), train_torch.main (loop.fit) and train_fabric.main
+(loop_fabric.fit), run here on the same flags. What they write to TensorBoard, the final weights, optimizer,
+scheduler and GradScaler state must be identical: torch.equal, no tolerance. Negative controls break one line of
+the plain loop, or of the Fabric loop, and must be caught.
 """
 
 import math
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_fabric
 import train_torch
-from {{ cookiecutter.package_name }} import loop
+from {{ cookiecutter.package_name }} import loop, loop_fabric
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
 from conftest import (
@@ -34,12 +36,14 @@ from conftest import (
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
 
 
-def train_both(tmp_path: Path, written, *flags: str, own: dict[str, list[str]] | None = None):
-    """Run both loops on the same flags, and each on its `own`; return (Lightning CLI, plain (model, optimizer,
-    scheduler))."""
+SIDES = ("lightning", "torch", "fabric")
+
+
+def train(tmp_path: Path, written, *flags: str, own: dict[str, list[str]] | None = None, sides=SIDES) -> dict:
+    """Run each side's loop on the same flags, and each on its `own`: side -> what its main() returned."""
     args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *flags]
     own = own or {}
-    runs = fit("lightning", [*args, *own.get("lightning", [])]), fit("torch", [*args, *own.get("torch", [])])
+    runs = {side: fit(side, [*args, *own.get(side, [])]) for side in sides}
     shut_down_workers()  # where the flags ask for persistent ones
     return runs
 
@@ -49,42 +53,57 @@ def series(written, side: str, tag: str) -> tuple[list[int], torch.Tensor]:
     return list(steps), torch.tensor(values, dtype=torch.float64)
 
 
-def mismatches(cli, plain, written, tmp_path: Path) -> list[str]:
-    """Everything that differs between the Lightning run and the plain run; [] when they are identical."""
-    model, optimizer, scheduler = plain
+def trained_states(side: str, result) -> tuple[dict, dict, dict]:
+    """The weights, optimizer state and scheduler state a side's main() ended with."""
+    if side == "lightning":
+        trainer = result.trainer
+        optimizer, scheduler = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+        return result.model.model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
+    model, optimizer, scheduler = result
+    return model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
+
+
+def mismatches(runs: dict, written, tmp_path: Path) -> list[str]:
+    """Everything that differs between each side's run and the plain loop's; [] when they are all identical."""
     found = []
-    for tag in TAGS:
-        (lightning_steps, lightning_values), (plain_steps, plain_values) = (
-            series(written, side, tag) for side in ("lightning", "torch")
-        )
-        if lightning_steps != plain_steps or not torch.equal(lightning_values, plain_values):
-            found.append(tag)
-    found += differences(cli.model.model.state_dict(), model.state_dict(), "weights")
-    found += differences(cli.trainer.optimizers[0].state_dict(), optimizer.state_dict(), "optimizer")
-    found += differences(
-        cli.trainer.lr_scheduler_configs[0].scheduler.state_dict(), scheduler.state_dict(), "scheduler"
-    )
-    # The rest from the final checkpoints: the GradScaler's state, under 16-mixed.
-    saved = {side: final_state(side, tmp_path / side / "version_0") for side in ("lightning", "torch")}
-    return found + differences(saved["lightning"]["scaler"], saved["torch"]["scaler"], "scaler")
+    plain = trained_states("torch", runs["torch"])
+    plain_scaler = final_state("torch", tmp_path / "torch" / "version_0")["scaler"]
+    for side in runs.keys() - {"torch"}:
+        for tag in TAGS:
+            (steps, values), (plain_steps, plain_values) = (series(written, s, tag) for s in (side, "torch"))
+            if steps != plain_steps or not torch.equal(values, plain_values):
+                found.append(f"{side} {tag}")
+        for name, state, plain_state in zip(
+            ("weights", "optimizer", "scheduler"), trained_states(side, runs[side]), plain, strict=True
+        ):
+            found += differences(state, plain_state, f"{side} {name}")
+        # From the final checkpoints: the GradScaler's state, under 16-mixed.
+        scaler = final_state(side, tmp_path / side / "version_0")["scaler"]
+        found += differences(scaler, plain_scaler, f"{side} scaler")
+    return found
 
 
 def test_the_entry_points_with_no_flags_are_identical_for_all_100_epochs(tmp_path):
-    """`python train.py fit` and `python train_torch.py`, exactly as a user types them: every TensorBoard series,
-    the final weights, optimizer state and scheduler state."""
-    for script, args in (("train.py", ["fit"]), ("train_torch.py", [])):
+    """`python train.py fit`, `python train_torch.py` and `python train_fabric.py`, exactly as a user types them:
+    every TensorBoard series, the final weights, optimizer state and scheduler state."""
+    for script, args in (("train.py", ["fit"]), ("train_torch.py", []), ("train_fabric.py", [])):
         result = run(script, *args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    runs = {side: tmp_path / "logs" / side / "version_0" for side in ("lightning", "torch")}
-    lightning, plain = (event_scalars(directory) for directory in runs.values())
-    # The same tags: machinery/logger.py leaves out the `epoch` scalar Lightning adds to every step.
-    assert set(lightning) == set(plain) and set(TAGS) <= set(plain)
-    for tag in plain:
-        assert [step for step, _ in lightning[tag]] == [step for step, _ in plain[tag]], tag
-        assert torch.equal(torch.tensor([v for _, v in lightning[tag]]), torch.tensor([v for _, v in plain[tag]])), tag
+    runs = {side: tmp_path / "logs" / side / "version_0" for side in ("lightning", "torch", "fabric")}
+    scalars = {side: event_scalars(directory) for side, directory in runs.items()}
+    plain = scalars["torch"]
+    assert set(TAGS) <= set(plain)
     assert [step for step, _ in plain["train/loss"]] == list(range(100 * math.ceil(1800 / 64)))  # every step, from 0
     assert len(plain["val/loss"]) == len(plain["train/lr"]) == 100
-    assert differences(*(final_state(side, directory) for side, directory in runs.items())) == []
+    states = {side: final_state(side, directory) for side, directory in runs.items()}
+    for side in ("lightning", "fabric"):
+        # The same tags: machinery/logger.py leaves out the `epoch` scalar Lightning adds to every step.
+        assert set(scalars[side]) == set(plain), side
+        for tag in plain:
+            steps, values = zip(*scalars[side][tag], strict=True)
+            plain_steps, plain_values = zip(*plain[tag], strict=True)
+            assert steps == plain_steps and torch.equal(torch.tensor(values), torch.tensor(plain_values)), (side, tag)
+        assert differences(states[side], states["torch"]) == [], side
 
 
 def test_the_readmes_mixed_precision_and_accumulation_commands_write_equal_series(tmp_path):
@@ -134,8 +153,8 @@ VARIATIONS = {
 @pytest.mark.parametrize("name", VARIATIONS)
 def test_variations_stay_identical(name, tmp_path, written, spiral_csv):
     flags = [flag.format(csv=spiral_csv) for flag in VARIATIONS[name]]
-    cli, plain = train_both(tmp_path, written, *SMALL, *flags)
-    assert mismatches(cli, plain, written, tmp_path) == []
+    runs = train(tmp_path, written, *SMALL, *flags)
+    assert mismatches(runs, written, tmp_path) == []
 
 
 def test_fp16_with_its_grad_scaler_accumulating_with_clipping_stays_identical(tmp_path, written, monkeypatch):
@@ -143,9 +162,9 @@ def test_fp16_with_its_grad_scaler_accumulating_with_clipping_stays_identical(tm
     state (its scale, its growth tracker) is compared too."""
     allow_fp16_on_cpu(monkeypatch)
     flags = [*SMALL, *VARIATIONS["accumulating 4, clipping at 0.05"], "--model.dropout=0.3"]
-    cli, plain = train_both(tmp_path, written, *flags, own=FP16)
-    assert cli.trainer.precision == "16-mixed"
-    assert mismatches(cli, plain, written, tmp_path) == []
+    runs = train(tmp_path, written, *flags, own=FP16)
+    assert runs["lightning"].trainer.precision == "16-mixed"
+    assert mismatches(runs, written, tmp_path) == []
     # The scaler took part, counting its unskipped steps: not {} == {}, as 32-bit or bf16 runs compare.
     assert final_state("torch", tmp_path / "torch" / "version_0")["scaler"]["_growth_tracker"] > 0
 
@@ -159,8 +178,8 @@ def test_the_small_runs_end_on_a_partial_batch():
 
 
 def moved(line: str, after: str | None):
-    """loop.py's source with one line (and the block under it) moved after another line, or deleted when `after`
-    is None."""
+    """A loop's source with one line (and the block under it) moved after another line, or deleted when `after` is
+    None."""
 
     def edit(source: str) -> str:
         lines = source.splitlines()
@@ -180,7 +199,7 @@ def moved(line: str, after: str | None):
 
 
 def replaced(old: str, new: str):
-    """loop.py's source with `old`, which occurs once, replaced by `new`."""
+    """A loop's source with `old`, which occurs once, replaced by `new`."""
 
     def edit(source: str) -> str:
         assert source.count(old) == 1, old
@@ -189,10 +208,10 @@ def replaced(old: str, new: str):
     return edit
 
 
-def broken_fit(edit):
-    """loop.fit, from loop.py's source changed by `edit`."""
+def broken_fit(edit, original=loop):
+    """fit() from the source of `original`, loop.py or loop_fabric.py, changed by `edit`."""
     module = types.ModuleType("broken_loop")
-    exec(compile(edit(Path(loop.__file__).read_text()), "broken_loop.py", "exec"), module.__dict__)
+    exec(compile(edit(Path(original.__file__).read_text()), "broken_loop.py", "exec"), module.__dict__)
     return module.fit
 
 
@@ -219,8 +238,27 @@ BREAKAGES = {
 def test_a_single_broken_line_is_caught(name, tmp_path, written, monkeypatch):
     edit, flags = BREAKAGES[name]
     monkeypatch.setattr(train_torch, "fit", broken_fit(edit))
-    cli, plain = train_both(tmp_path, written, *SMALL, *flags)
-    assert "train/loss" in mismatches(cli, plain, written, tmp_path)
+    runs = train(tmp_path, written, *SMALL, *flags, sides=("lightning", "torch"))
+    assert "lightning train/loss" in mismatches(runs, written, tmp_path)
+
+
+FABRIC_BREAKAGES = {
+    "clip_gradients after the step": (
+        moved("if hp.gradient_clip_val is not None:", "optimizer.step()"),
+        VARIATIONS["clipping at 0.05"],
+    ),
+    "model.train() left out, with dropout": (moved("model.train()", None), ["--model.dropout=0.3"]),
+    "fabric.backward without / N": (replaced("fabric.backward(loss / N)", "fabric.backward(loss)"), ACCUMULATING),
+    "the partial window not stepped": (replaced(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
+}
+
+
+@pytest.mark.parametrize("name", FABRIC_BREAKAGES)
+def test_a_single_broken_line_of_the_fabric_loop_is_caught(name, tmp_path, written, monkeypatch):
+    edit, flags = FABRIC_BREAKAGES[name]
+    monkeypatch.setattr(train_fabric, "fit", broken_fit(edit, loop_fabric))
+    runs = train(tmp_path, written, *SMALL, *flags, sides=("torch", "fabric"))
+    assert "fabric train/loss" in mismatches(runs, written, tmp_path)
 
 
 def test_variations_change_the_run(tmp_path, written, spiral_csv):

@@ -7,6 +7,7 @@ error alone, on one line, and where the options are listed. train.py: `Lightning
 """
 
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -114,7 +115,8 @@ NOT_NEWS = (
 
 class NotNews(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(NOT_NEWS)
+        # Under DDP, Fabric's seed_everything starts its line with the process's rank.
+        return not re.sub(r"^\[rank: \d+\] ", "", str(record.msg)).startswith(NOT_NEWS)
 
 
 def quiet() -> None:

@@ -78,6 +78,13 @@ class PlainRun:
         self._data, self._loader, self._mid_epoch = data, loader, False
         if self.resume is None:
             return 0
+        self._restore(model, optimizer, scheduler, scaler, data, loader)
+        self.step = self.resume["step"]  # the fit loop's progress
+        self._mid_epoch = not self.resume["loader"]["epoch_done"]  # stopped by a signal within the epoch
+        return self.resume["epoch"]
+
+    def _restore(self, model, optimizer, scheduler, scaler, data, loader) -> None:
+        """The checkpoint's state into each object, and torch's random state."""
         model.load_state_dict(self.resume["model"])  # the checkpoint's "state_dict"
         optimizer.load_state_dict(self.resume["optimizer"])  # its "optimizer_states"
         scheduler.load_state_dict(self.resume["scheduler"])  # its "lr_schedulers"
@@ -86,9 +93,6 @@ class PlainRun:
         data.load_state_dict(self.resume["data"])  # LightningDataModule.load_state_dict
         loader.load_state_dict(self.resume["loader"])  # the fit loop hands a stateful DataLoader its state
         set_rng_state(self.resume["rng"])  # ExactResume.on_load_checkpoint
-        self.step = self.resume["step"]  # the fit loop's progress
-        self._mid_epoch = not self.resume["loader"]["epoch_done"]  # stopped by a signal within the epoch
-        return self.resume["epoch"]
 
     def progress(self, epochs: range) -> Iterable[int]:
         """The epochs, with a progress bar over all of them: the TQDMProgressBar callback."""
@@ -102,7 +106,7 @@ class PlainRun:
         if isinstance(self._loader.sampler, DistributedSampler):
             self._loader.sampler.set_epoch(epoch)
         if not self._mid_epoch:  # resuming mid-epoch, Lightning skips on_train_epoch_start: logged already
-            self.writer.add_scalar("train/lr", self._scheduler.get_last_lr()[0], self.step)
+            self._log("train/lr", self._scheduler.get_last_lr()[0], self.step)
         first = self.resume["loader"]["batches"] if self._mid_epoch else 0
         self._mid_epoch = False
         return first
@@ -123,7 +127,7 @@ class PlainRun:
             raise NonFiniteLossError("train/loss", loss.item(), self.step, epoch)
         if not stepped:
             return
-        self.writer.add_scalar("train/loss", loss.item(), self.step)  # the window's last batch's loss
+        self._log("train/loss", loss.item(), self.step)  # the window's last batch's loss
         self.step += 1
         if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):
             self._save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
@@ -133,8 +137,8 @@ class PlainRun:
         """After validation: self.log("val/..."), StopOnNonFiniteLoss, DecisionBoundary, the metrics' reset,
         ModelCheckpoint(save_last=True), GracefulStop, in the order Lightning runs them."""
         # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
-        self.writer.add_scalar("val/loss", val_loss.compute().item(), self.step - 1)
-        self.writer.add_scalar("val/acc", val_acc.compute().item(), self.step - 1)
+        self._log("val/loss", val_loss.compute().item(), self.step - 1)
+        self._log("val/acc", val_acc.compute().item(), self.step - 1)
         if not torch.isfinite(val_loss.compute()):
             raise NonFiniteLossError("val/loss", val_loss.compute().item(), self.step - 1, epoch)
         if self.boundary is not None and self.boundary.wants(epoch):
@@ -164,8 +168,14 @@ class PlainRun:
             # "hyper_parameters", "datamodule_hyper_parameters"
             "hparams": {"model": self.model_hparams, "data": dict(self._data.hparams)},
         }
-        atomic_save(checkpoint, self.checkpoint)
+        self._write(checkpoint)
         self.writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to here
+
+    def _log(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)  # TensorBoardLogger.log_metrics
+
+    def _write(self, checkpoint: dict[str, Any]) -> None:
+        atomic_save(checkpoint, self.checkpoint)  # AtomicCheckpointIO.save_checkpoint
 
 
 # --- the processes of a run ---

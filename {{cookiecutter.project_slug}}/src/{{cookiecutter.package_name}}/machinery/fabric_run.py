@@ -1,0 +1,51 @@
+"""What the Trainer does around the Fabric loop and Fabric leaves to you: logging, resuming, checkpoints, stops.
+
+loop_fabric.fit() calls a `FabricRun` where loop.fit() calls a `PlainRun`, with the same names; plain_run.py says
+what each call does. Fabric does the rest of PlainRun's work itself, in lines of the loop: `fabric.setup` wraps the
+model in DDP, `fabric.setup_dataloaders` gives the DataLoaders their DistributedSamplers, `fabric.no_backward_sync`
+is DDP's no_sync. Here the scalars go through `fabric.log` to Fabric's TensorBoardLogger, and the checkpoints, the
+same as the plain loop's last.pt, through `fabric.save` and `fabric.load`.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric import Fabric
+from lightning.fabric.utilities.seed import reset_seed
+
+from {{ cookiecutter.package_name }}.machinery.checkpoints import set_rng_state
+from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
+
+
+@dataclass
+class FabricRun(PlainRun):
+    """A PlainRun whose logging and checkpoints go through `fabric`; `resume` is read from `resume_path`."""
+
+    fabric: Fabric | None = None
+    resume_path: Path | None = None  # the checkpoint `resume` was read from
+
+    def start(self, model, optimizer, scheduler, scaler, data, loader) -> int:
+        """PlainRun.start for the objects fabric.setup and fabric.setup_dataloaders returned."""
+        if self.fabric.world_size > 1:
+            reset_seed()  # Trainer(strategy="ddp") seeds each process again, after the model is made
+        # The frames are drawn from the module itself, outside autocast, as the other loops draw them; the loader's
+        # count of batches is the DataLoader's own.
+        start_epoch = super().start(model.module, optimizer, scheduler, scaler, data, loader._dataloader)
+        # Fabric's DataLoader sets its DistributedSampler's epoch to the number of times it was iterated.
+        loader._num_iter_calls = start_epoch
+        return start_epoch
+
+    def _restore(self, model, optimizer, scheduler, scaler, data, loader) -> None:
+        """fabric.load: each object's state from the checkpoint, then torch's random state from what is left."""
+        objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "data": data}
+        if not self.resume["scaler"]:  # a checkpoint of a run without a GradScaler: a new one, as in the others
+            del objects["scaler"]
+        rest = self.fabric.load(self.resume_path, {**objects, "loader": loader}, weights_only=True)
+        set_rng_state(rest["rng"])
+
+    def _log(self, tag: str, value: float, step: int) -> None:
+        self.fabric.log(tag, value, step)  # rank 0 alone, as Fabric's loggers log
+
+    def _write(self, checkpoint: dict[str, Any]) -> None:
+        self.fabric.save(self.checkpoint, checkpoint)  # rank 0 writes, through the AtomicCheckpointIO plugin

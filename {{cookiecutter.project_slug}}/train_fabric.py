@@ -1,0 +1,149 @@
+"""Run the Fabric loop (loop_fabric.py) on the same config as train.py and train_torch.py.
+
+    python train_fabric.py                    # configs/default.yaml, logs to logs/fabric/version_N
+    python train_fabric.py --trainer.max_epochs 5 --model.lr 3e-3
+    python train_fabric.py --config configs/smoke.yaml
+    python train_fabric.py --ckpt_path last   # the newest run's checkpoints/last.pt
+    python train_fabric.py --trainer.strategy ddp --trainer.devices 2   # DDP: Fabric starts the processes
+
+It reads the keys train_torch.py reads, and refuses what it refuses; trainer.accelerator,
+strategy, devices, num_nodes, precision and plugins go to Fabric. It writes the checkpoints
+train_torch.py writes, through fabric.save: checkpoints/last.pt at the end of every epoch,
+atomically, and `--ckpt_path` goes on from one exactly as the run would have gone on, in the run's
+own log directory. Ctrl-C or SIGTERM finishes the batch, writes last.pt of exactly that point, says
+how to resume and exits with 130 or 143; a second Ctrl-C stops at once. A NaN or infinite loss
+stops the run, naming the step, and leaves the checkpoint as it was.
+
+Under DDP, Fabric launches the other processes, each running this script, or joins those torchrun
+started; rank 0 alone logs, draws the animation and writes checkpoints, at the end of each epoch.
+A signal then stops the processes at once: the run goes on from the last epoch's checkpoint.
+"""
+
+import signal
+
+if __name__ == "__main__":  # first: a Ctrl-C while the libraries load is one line, no traceback
+    from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+
+    signal.signal(signal.SIGINT, stop_at_once)
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import lightning
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import TensorBoardLogger
+
+from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
+from {{ cookiecutter.package_name }}.loop_fabric import fit
+from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError
+from {{ cookiecutter.package_name }}.machinery.cli import one_line_errors, quiet
+from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
+from {{ cookiecutter.package_name }}.machinery.plain_run import next_version
+from {{ cookiecutter.package_name }}.machinery.stopping import (
+    NonFiniteLossError,
+    StoppedBySignal,
+    StopRequest,
+)
+from train_torch import loop_settings, parse, resume_from
+
+STRATEGIES = ("auto", "ddp")  # what the Fabric loop computes as the Trainer does
+
+
+def plugin(spec):
+    """A trainer.plugins entry of the config, {class_path, init_args}, as the object it names; a Trainer's
+    precision plugin as Fabric's of the same name (lightning.pytorch.plugins.MixedPrecision: Fabric's)."""
+    module, name = spec.class_path.rsplit(".", 1)
+    made = getattr(importlib.import_module(module), name)
+    if issubclass(made, lightning.pytorch.plugins.Precision):
+        made = getattr(lightning.fabric.plugins, name)
+    return made(**spec.get("init_args", {}))
+
+
+def main(args: list[str] | None = None):
+    """Train as configured; return the model, optimizer and scheduler as they end."""
+    quiet()
+    parser, config = parse(args, "train_fabric.py", __doc__)
+    trainer = config.trainer
+    if trainer.strategy not in STRATEGIES:
+        parser.error(f"trainer.strategy={trainer.strategy!r}: the Fabric loop runs one of {list(STRATEGIES)}")
+    root = Path(trainer.logger.init_args.save_dir) / "fabric"
+    try:
+        resume, log_dir = None, next_version(root)
+        if config.ckpt_path:
+            resume, log_dir = resume_from(parser, config, root)
+        data = SpiralDataModule(**config.data)
+        data.setup("fit")  # fails on a bad data file before anything is written
+    except (DataError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
+    logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=resume and resume["step"])
+    plugins = trainer.plugins if isinstance(trainer.plugins, list) else [trainer.plugins]
+    fabric = Fabric(
+        accelerator=trainer.accelerator,
+        strategy=trainer.strategy,
+        devices=trainer.devices,
+        num_nodes=trainer.num_nodes,
+        precision=trainer.precision,
+        plugins=[plugin(spec) for spec in plugins if spec is not None],
+        loggers=logger,
+    )
+    fabric.launch()  # DDP: starts the other processes, each running this script up to here
+    # Rank 0 alone logs and writes checkpoints: the others' log_dir, which may be numbered later, is not used.
+    if fabric.is_global_zero:
+        log_dir.mkdir(parents=True, exist_ok=resume is not None)
+        if not (log_dir / "config.yaml").exists():  # a resumed run keeps the one it started with
+            parser.save(config, log_dir / "config.yaml")
+    boundary = BoundaryAnimation(**config.boundary)
+    checkpoint = log_dir / "checkpoints" / "last.pt"
+    # Under DDP, a Ctrl-C stops every process at once, as under torchrun (train_torch.py).
+    stop = None if fabric.world_size > 1 else StopRequest()
+    if stop is not None:
+        previous = stop.listen()
+    else:
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+    command = f"python train_fabric.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
+    try:
+        run = FabricRun(
+            writer=logger.experiment,  # rank 0's SummaryWriter; on the others, one that does nothing
+            model_hparams=config.model.as_dict(),
+            device=fabric.device,
+            progress_bar=fabric.is_global_zero and trainer.enable_progress_bar is not False,
+            boundary=boundary if fabric.is_global_zero else None,
+            checkpoint=checkpoint,  # fabric.save writes it from rank 0
+            resume=resume,
+            stop=stop,
+            fabric=fabric,
+            resume_path=config.ckpt_path and Path(config.ckpt_path),
+        )
+        model, optimizer, scheduler = fit(data, loop_settings(config), fabric, run)
+    except (NonFiniteLossError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    except StoppedBySignal as stopped:
+        where = f"step {stopped.step} (epoch {stopped.epoch})"
+        said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
+        print(said, file=sys.stderr)
+        sys.exit(128 + stopped.signal)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        logger.finalize("success")
+    trained = model.module, optimizer, scheduler
+    del model  # the DDP wrapper, before its process group: see machinery/plain_run.py's process_group
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if boundary.save(log_dir / "decision_boundary.gif"):
+        print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
+    if fabric.is_global_zero:
+        print(f"logs: {log_dir}")
+    return trained
+
+
+if __name__ == "__main__":
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # this small MLP trains fastest on one thread: docs/performance.md
+    with one_line_errors():
+        main()
