@@ -4,7 +4,7 @@
     python train_fabric.py --trainer.max_epochs 5 --model.lr 3e-3
     python train_fabric.py --config configs/smoke.yaml
     python train_fabric.py --ckpt_path last   # the newest run's checkpoints/last.pt
-    python train_fabric.py --trainer.strategy ddp --trainer.devices 2   # DDP: Fabric starts the processes
+    python train_fabric.py --trainer.strategy ddp --trainer.devices 2   # DDP, 2 processes
 
 It reads the keys train_torch.py reads, and refuses what it refuses; trainer.accelerator,
 strategy, devices, num_nodes, precision and plugins go to Fabric. It writes the checkpoints
@@ -54,8 +54,8 @@ STRATEGIES = ("auto", "ddp")  # what the Fabric loop computes as the Trainer doe
 
 
 def plugin(spec):
-    """A trainer.plugins entry of the config, {class_path, init_args}, as the object it names; a Trainer's
-    precision plugin as Fabric's of the same name (lightning.pytorch.plugins.MixedPrecision: Fabric's)."""
+    """A trainer.plugins entry of the config, {class_path, init_args}, as the object it names; a
+    Trainer's precision plugin as Fabric's of the same name (MixedPrecision: Fabric's)."""
     module, name = spec.class_path.rsplit(".", 1)
     made = getattr(importlib.import_module(module), name)
     if issubclass(made, lightning.pytorch.plugins.Precision):
@@ -69,7 +69,8 @@ def main(args: list[str] | None = None):
     parser, config = parse(args, "train_fabric.py", __doc__)
     trainer = config.trainer
     if trainer.strategy not in STRATEGIES:
-        parser.error(f"trainer.strategy={trainer.strategy!r}: the Fabric loop runs one of {list(STRATEGIES)}")
+        refused = f"the Fabric loop runs one of {list(STRATEGIES)}"
+        parser.error(f"trainer.strategy={trainer.strategy!r}: {refused}")
     root = Path(trainer.logger.init_args.save_dir) / "fabric"
     try:
         resume, log_dir = None, next_version(root)
@@ -79,8 +80,10 @@ def main(args: list[str] | None = None):
         data.setup("fit")  # fails on a bad data file before anything is written
     except (DataError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
-    logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=resume and resume["step"])
+    # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run
+    # logs it anew.
+    purge_step = resume and resume["step"]
+    logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=purge_step)
     plugins = trainer.plugins if isinstance(trainer.plugins, list) else [trainer.plugins]
     fabric = Fabric(
         accelerator=trainer.accelerator,
@@ -92,7 +95,7 @@ def main(args: list[str] | None = None):
         loggers=logger,
     )
     fabric.launch()  # DDP: starts the other processes, each running this script up to here
-    # Rank 0 alone logs and writes checkpoints: the others' log_dir, which may be numbered later, is not used.
+    # Rank 0 alone logs and writes checkpoints; the others' log_dir (maybe another) is unused.
     if fabric.is_global_zero:
         log_dir.mkdir(parents=True, exist_ok=resume is not None)
         if not (log_dir / "config.yaml").exists():  # a resumed run keeps the one it started with
@@ -108,7 +111,7 @@ def main(args: list[str] | None = None):
     command = f"python train_fabric.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
     try:
         run = FabricRun(
-            writer=logger.experiment,  # rank 0's SummaryWriter; on the others, one that does nothing
+            writer=logger.experiment,  # rank 0's SummaryWriter; on the others, a stand-in
             model_hparams=config.model.as_dict(),
             device=fabric.device,
             progress_bar=fabric.is_global_zero and trainer.enable_progress_bar is not False,
@@ -132,7 +135,7 @@ def main(args: list[str] | None = None):
             signal.signal(signum, handler)
         logger.finalize("success")
     trained = model.module, optimizer, scheduler
-    del model  # the DDP wrapper, before its process group: see machinery/plain_run.py's process_group
+    del model  # the DDP wrapper, before its process group: plain_run.py's process_group says why
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if boundary.save(log_dir / "decision_boundary.gif"):

@@ -122,11 +122,12 @@ def parse(args: list[str] | None = None, script: str = "train_torch.py", doc: st
 def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
     """The checkpoint `--ckpt_path` names and the run directory to go on in; config takes the
     run's settings. train_fabric.py writes the same checkpoints."""
+    keys = ("model", "optimizer", "scheduler", "scaler", "hparams")
     checkpoint, run = adopt_checkpoint(
         config,
         parser.get_defaults(),
         root,
-        ("last.pt", ("model", "optimizer", "scheduler", "scaler", "hparams"), "the plain or Fabric loop"),
+        ("last.pt", keys, "the plain or the Fabric loop"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
     hp = config.model
@@ -136,7 +137,7 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
 
 
 def loop_settings(config: Namespace) -> Namespace:
-    """What loop.fit() reads: the seed, the model's settings and the trainer's the loop implements."""
+    """What loop.fit() reads: the seed, the model's settings, the trainer's the loop implements."""
     return Namespace(
         seed=config.seed_everything,
         **config.model,

@@ -1,13 +1,14 @@
-"""The line -> hook map (hookmap.py), checked against what both loops actually do, in order.
+"""The line -> hook map (hookmap.py), checked against what the three loops actually do, in order.
 
 Torch's own hook points record the operations (forward with the model's mode and grad state, zero_grad,
-backward, gradient clipping, optimizer step, scheduler step) the same way on both sides; on the Lightning side
+backward, gradient clipping, optimizer step, scheduler step) the same way on every side; on the Lightning side
 each event also records the innermost LightningModule hook it ran in.
 """
 
 import ast
 import functools
 import inspect
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-from {{ cookiecutter.package_name }} import data, loop, module
+from {{ cookiecutter.package_name }} import data, loop, loop_fabric, module
 from {{ cookiecutter.package_name }}.hookmap import (
     COMMUTING,
     LOOP,
@@ -27,6 +28,7 @@ from {{ cookiecutter.package_name }}.hookmap import (
     TRAIN_FP16,
     VAL_FORWARD,
     VAL_FP16,
+    fabric_lines,
     markdown,
     side_by_side,
 )
@@ -153,24 +155,31 @@ SETTINGS = {"defaults": [], "16-mixed, accumulating 2": ["--trainer.accumulate_g
 
 
 @pytest.fixture(params=SETTINGS)
-def recorded(request, recorder, monkeypatch, tmp_path) -> tuple[str, list, list]:
-    """The settings' name, then (event, hook) pairs of a Lightning run and of the plain loop, on the same tiny
-    config."""
+def recorded(request, recorder, monkeypatch, tmp_path) -> tuple[str, list, list, list]:
+    """The settings' name, then (event, hook) pairs of a Lightning run, of the plain loop and of the Fabric loop,
+    on the same tiny config."""
     # conftest's TINY run draws no animation: its forward runs in a callback, not a module hook.
     args = [f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY, *SETTINGS[request.param]]
-    own = {"lightning": [], "torch": []}
+    own = {"lightning": [], "torch": [], "fabric": []}
     if request.param != "defaults":
         allow_fp16_on_cpu(monkeypatch)
         own = FP16
     monkeypatch.setattr(train, "SpiralClassifier", in_hooks(recorder))
-    fit("lightning", [*args, *own["lightning"]])
-    lightning = recorder.take()
-    fit("torch", [*args, *own["torch"]])
-    return request.param, lightning, recorder.take()
+    runs = []
+    for side in ("lightning", "torch", "fabric"):
+        fit(side, [*args, *own[side]])
+        runs.append(recorder.take())
+    return request.param, *runs
+
+
+def test_the_fabric_loop_does_what_the_plain_loop_does_in_the_same_order(recorded):
+    """No difference to list: the loop is the plain one, and Fabric's calls do their work where its lines stand."""
+    _, _, plain, fabric = recorded
+    assert [event for event, _ in fabric] == [event for event, _ in plain]
 
 
 def test_both_loops_do_the_same_things_in_the_same_order_but_for_the_listed_differences(recorded):
-    settings, lightning, plain = recorded
+    settings, lightning, plain, _ = recorded
     plain_events = [event for event, _ in plain]
     normalised, applied = as_plain_loop(lightning)
     assert normalised == plain_events
@@ -201,16 +210,27 @@ def test_every_lightning_event_runs_in_the_hook_the_table_names(recorder, monkey
 
 
 def statements(function) -> list[str]:
-    """The lines of a function's body that do something: no comments, docstring, blank lines or `return`."""
+    """The lines of a function's body that do something: no comments, docstring, blank lines or `return`. A
+    statement over several lines, one argument a line, is one line: `f(a, b)`."""
     source = inspect.getsource(function)
     body = ast.parse(source).body[0].body
     first = body[1].lineno if isinstance(body[0], ast.Expr) else body[0].lineno  # after the docstring
     lines = [line.split("  #")[0].strip() for line in source.splitlines()[first - 1 :]]
-    return [line for line in lines if line and not line.startswith(("#", "return "))]
+    joined = []
+    for line in lines:
+        if joined and joined[-1].count("(") > joined[-1].count(")"):  # an open call goes on
+            joined[-1] = re.sub(r"\( | ?,? \)$", lambda m: m.group().strip(" ,"), f"{joined[-1]} {line}")
+        else:
+            joined.append(line)
+    return [line for line in joined if line and not line.startswith(("#", "return "))]
 
 
 def test_the_table_holds_every_line_of_the_plain_loop_in_order():
     assert [row.line for row in LOOP] == statements(loop.fit)
+
+
+def test_the_fabric_column_holds_every_line_of_the_fabric_loop_in_order():
+    assert [line for row in LOOP for line in fabric_lines(row)] == statements(loop_fabric.fit)
 
 
 def test_the_machinery_rows_are_lines_of_plain_run_in_order():
@@ -246,7 +266,15 @@ def test_the_side_by_side_page_is_current():
 
 
 @pytest.mark.parametrize(
-    "path", [Path(loop.__file__), Path(module.__file__), ROOT / "train.py", ROOT / "train_torch.py"]
+    "path",
+    [
+        Path(loop.__file__),
+        Path(loop_fabric.__file__),
+        Path(module.__file__),
+        ROOT / "train.py",
+        ROOT / "train_torch.py",
+        ROOT / "train_fabric.py",
+    ],
 )
 def test_the_files_read_side_by_side_fit_in_100_columns(path):
     """Two of them side by side on one screen. Imports are left out: they carry the package's name."""

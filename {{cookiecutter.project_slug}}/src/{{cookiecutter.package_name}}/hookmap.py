@@ -1,13 +1,14 @@
-"""The line -> hook map: where each line of the plain loop (loop.py) lives in Lightning.
+"""The line -> hook map: where each line of the plain loop (loop.py) lives in the Fabric loop and in Lightning.
 
     python -m {{ cookiecutter.package_name }}.hookmap
     python -m {{ cookiecutter.package_name }}.hookmap side-by-side
 
 The first prints the essay's lines, the table README.md shows; the second every line, docs/side_by_side.md.
 
-tests/test_hookmap.py records what both loops actually do, in order, and checks every row against it; it also
-checks that LOOP holds every line of loop.fit() in order, that each `code` is a line of the Lightning side, that
-MACHINERY's lines are in machinery/plain_run.py, and that README.md and docs/side_by_side.md show these tables.
+tests/test_hookmap.py records what the three loops actually do, in order, and checks every row against it; it
+also checks that LOOP holds every line of loop.fit() in order, and its Fabric column every line of
+loop_fabric.fit(), that each `code` is a line of the Lightning side, that MACHINERY's lines are in
+machinery/plain_run.py, and that README.md and docs/side_by_side.md show these tables.
 """
 
 import sys
@@ -23,6 +24,8 @@ class Row(NamedTuple):
     # What tests/test_hookmap.py records for this line in a Lightning run: (event, innermost LightningModule hook).
     recorded: tuple[str, str] | None = None
     essay: bool = True  # one of the essay's lines, not one the project adds around them
+    # The Fabric loop's lines (loop_fabric.py) for this one: None, the same line; a str, where Fabric does it.
+    fabric: tuple[str, ...] | str | None = None
 
 
 TRAIN_FORWARD = "forward(train, grad)"
@@ -40,8 +43,9 @@ LOOP = (
         "after `MLP(...)`, the initial weights come from an unseeded generator",
         "seed_everything: 0",
         essay=False,
+        fabric=("fabric.seed_everything(hp.seed)",),
     ),
-    Row("device = run.device", "`Trainer(accelerator=...)`", essay=False),
+    Row("device = run.device", "`Trainer(accelerator=...)`", essay=False, fabric=("device = fabric.device",)),
     Row('data.setup("fit")', "`LightningDataModule.setup`", code="def setup(self, stage: str) -> None:", essay=False),
     Row(
         "loader = data.train_dataloader()",
@@ -65,6 +69,7 @@ LOOP = (
         "the Trainer (`accelerator`, `precision`), before `configure_optimizers`",
         "after the optimizer, with a dtype change and torch's overwrite-on-conversion flag on, "
         "the optimizer updates discarded tensors",
+        fabric="in `fabric.setup`",
     ),
     Row(
         "criterion = nn.CrossEntropyLoss()", "`LightningModule.__init__`", code="self.criterion = nn.CrossEntropyLoss()"
@@ -100,17 +105,20 @@ LOOP = (
         "`Trainer(precision=...)`: `bf16-mixed` and `16-mixed` choose the `MixedPrecision` plugin",
         code="precision: null",
         essay=False,
+        fabric="`Fabric(precision=...)`, in train_fabric.py",
     ),
     Row(
         "autocast = torch.autocast(device.type, dtype, enabled=dtype is not None)",
         "`MixedPrecision.forward_context()`, around every `*_step` hook",
         "left out, `bf16-mixed` trains in float32: every loss differs from the first step on",
         essay=False,
+        fabric="in the model's forward, once `fabric.setup` has wrapped it",
     ),
     Row(
         'scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "16-mixed")',
         "`MixedPrecision`'s `scaler`, for `16-mixed` alone: fp16 gradients would underflow unscaled",
         essay=False,
+        fabric=("scaler = fabric.strategy.precision",),
     ),
     Row(
         "N = hp.accumulate_grad_batches",
@@ -122,6 +130,10 @@ LOOP = (
         "train_model, loader, val_loader = run.distribute(model, loader, val_loader, hp.seed)",
         f'`Trainer(strategy="ddp")`: the DDP wrapper and `DistributedSampler`s ({SPAN})',
         essay=False,
+        fabric=(
+            "model, optimizer = fabric.setup(model, optimizer)",
+            "loader, val_loader = fabric.setup_dataloaders(loader, val_loader)",
+        ),
     ),
     Row(
         "start_epoch = run.start(model, optimizer, scheduler, scaler, data, loader)",
@@ -149,7 +161,12 @@ LOOP = (
         "for batch_idx, (X_batch, y_batch) in enumerate(loader, first):",
         "the fit loop, `len(loader)` batches, each hook's `batch_idx`",
     ),
-    Row("X_batch, y_batch = X_batch.to(device), y_batch.to(device)", "`transfer_batch_to_device`", essay=False),
+    Row(
+        "X_batch, y_batch = X_batch.to(device), y_batch.to(device)",
+        "`transfer_batch_to_device`",
+        essay=False,
+        fabric="in the loader, once `fabric.setup_dataloaders` has wrapped it",
+    ),
     Row(
         "steps = (batch_idx + 1) % N == 0 or batch_idx + 1 == len(loader)",
         "the fit loop's `_should_accumulate()`, negated: a window's last batch, or the epoch's",
@@ -173,18 +190,21 @@ LOOP = (
         "with run.no_sync(not steps):",
         f"`DDPStrategy.block_backward_sync()` on the batches the fit loop accumulates ({SPAN})",
         essay=False,
+        fabric=("with fabric.no_backward_sync(model, enabled=not steps):",),
     ),
     Row(
         "with autocast:",
         "the precision plugin's `train_step_context()`, around `training_step`",
         recorded=(TRAIN_FP16, "training_step"),
         essay=False,
+        fabric="in the model's forward",
     ),
     Row(
         "logits = train_model(X_batch)",
         "`training_step`",
         code="logits = self(X_batch)",
         recorded=(TRAIN_FORWARD, "training_step"),
+        fabric=("logits = model(X_batch)",),
     ),
     Row("loss = criterion(logits, y_batch)", "`training_step`", code="loss = self.criterion(logits, y_batch)"),
     Row(
@@ -193,6 +213,7 @@ LOOP = (
         "without `/ N`, N times the gradient: Adam, which divides by its scale, sees it only through "
         "the clipping and its eps (pitfalls 11a)",
         recorded=("backward", "backward"),
+        fabric=("fabric.backward(loss / N)",),
     ),
     Row(
         "if steps:",
@@ -207,6 +228,7 @@ LOOP = (
         "max_norm / 2¹⁶ (pitfalls 11d)",
         recorded=("scaler.unscale_", "optimizer_step"),
         essay=False,
+        fabric="in `fabric.clip_gradients`, or else in `optimizer.step()`",
     ),
     Row(
         "if hp.gradient_clip_val is not None:",
@@ -219,11 +241,13 @@ LOOP = (
         "`configure_gradient_clipping`",
         "before `backward` there is nothing to clip; after `step` it clips gradients already applied",
         recorded=("clip_grad_norm_", "configure_gradient_clipping"),
+        fabric=("fabric.clip_gradients(model, optimizer, max_norm=hp.gradient_clip_val, error_if_nonfinite=False)",),
     ),
     Row(
         "scaler.step(optimizer)",
         "`optimizer_step`; under `16-mixed`, `scaler.step` skips a step whose gradients hold an inf or NaN",
         recorded=("optimizer.step", "optimizer_step"),
+        fabric=("optimizer.step()",),
     ),
     Row(
         "scaler.update()",
@@ -231,6 +255,7 @@ LOOP = (
         "left out, not silent: the GradScaler raises at the next step (pitfalls 11e)",
         recorded=("scaler.update", "optimizer_step"),
         essay=False,
+        fabric="in `optimizer.step()`",
     ),
     Row(
         "run.batch_end(loss, epoch, steps)",
@@ -259,13 +284,19 @@ LOOP = (
         recorded=(VAL_FORWARD, "validation_step"),
     ),
     Row("for X_val, y_val in val_loader:", "the validation loop"),
-    Row("X_val, y_val = X_val.to(device), y_val.to(device)", "`transfer_batch_to_device`", essay=False),
+    Row(
+        "X_val, y_val = X_val.to(device), y_val.to(device)",
+        "`transfer_batch_to_device`",
+        essay=False,
+        fabric="in the loader",
+    ),
     Row(
         "with autocast:",
         "the precision plugin's `val_step_context()`, around `validation_step`",
         "left out, `bf16-mixed` validates in float32: another `val/loss` than Lightning's",
         recorded=(VAL_FP16, "validation_step"),
         essay=False,
+        fabric="in the model's forward",
     ),
     Row(
         "val_logits = model(X_val)",
@@ -391,9 +422,26 @@ COMMUTING = {
 }
 
 
-def table(rows: tuple[Row, ...], header: str) -> list[str]:
-    lines = [f"| {header} | Lightning | if you move it |", "|---|---|---|"]
-    return lines + [f"| `{row.line}` | {row.lightning} | {row.moved} |" for row in rows]
+def fabric_lines(row: Row) -> tuple[str, ...]:
+    """The lines of loop_fabric.fit() that do a row's work: none where Fabric does it inside another call."""
+    if row.fabric is None:
+        return (row.line,)
+    return () if isinstance(row.fabric, str) else row.fabric
+
+
+def fabric_cell(row: Row) -> str:
+    if row.fabric is None:
+        return "the same"
+    return row.fabric if isinstance(row.fabric, str) else "<br>".join(f"`{line}`" for line in row.fabric)
+
+
+def table(rows: tuple[Row, ...], header: str, fabric: bool = False) -> list[str]:
+    columns = [header, *(["Fabric (`loop_fabric.py`)"] if fabric else []), "Lightning", "if you move it"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"`{row.line}`", *([fabric_cell(row)] if fabric else []), row.lightning, row.moved]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def commuting() -> list[str]:
@@ -403,25 +451,28 @@ def commuting() -> list[str]:
 
 
 def markdown() -> str:
-    """The README's table: the essay's lines, where Lightning does them, what happens if you move one."""
-    return "\n".join([*table(tuple(row for row in LOOP if row.essay), "plain loop (`loop.py`)"), "", *commuting()])
+    """The README's table: the essay's lines, the Fabric loop's and Lightning's for each, what happens if you move
+    one."""
+    essay = tuple(row for row in LOOP if row.essay)
+    return "\n".join([*table(essay, "plain loop (`loop.py`)", fabric=True), "", *commuting()])
 
 
 PAGE = """\
-# loop.py beside module.py
+# loop.py beside loop_fabric.py and module.py
 
 <!-- generated by `python -m {{ cookiecutter.package_name }}.hookmap side-by-side`;
 tests/test_hookmap.py checks it -->
 
-Every line of `loop.fit()`, in order, beside the line of the Lightning side that does the same work
-(`module.py`, `data.py`, `configs/default.yaml`; empty where the Trainer does it with its defaults) and
-the hook or Trainer argument that runs it. `tests/test_hookmap.py` records what both loops do, in order,
-and checks every row that names a recorded event. Diff the two files,
-`diff -y -W 200 src/{{ cookiecutter.package_name }}/loop.py
-src/{{ cookiecutter.package_name }}/module.py`: the same names in the same order.
+Every line of `loop.fit()`, in order, beside the lines of `loop_fabric.fit()` that do its work ("the
+same" where the line is the same; where Fabric does it inside another call, that call), the line of
+the Lightning side that does it (`module.py`, `data.py`, `configs/default.yaml`; empty where the
+Trainer does it with its defaults) and the hook or Trainer argument that runs it.
+`tests/test_hookmap.py` records what the three loops do, in order, and checks every row that names a
+recorded event. Diff the files, `diff -y -W 200 src/{{ cookiecutter.package_name }}/loop.py
+src/{{ cookiecutter.package_name }}/loop_fabric.py`: the same names in the same order.
 
-| plain loop (`loop.py`) | Lightning code | run by |
-|---|---|---|
+| plain loop (`loop.py`) | Fabric loop (`loop_fabric.py`) | Lightning code | run by |
+|---|---|---|---|
 {loop}
 
 ## What the Trainer does around the loop
@@ -430,7 +481,9 @@ The calls `run.distribute`, `run.start`, `run.epoch_start`, `run.no_sync`, `run.
 `run.epoch_end` hold
 these lines (`src/{{ cookiecutter.package_name }}/machinery/plain_run.py`); but for `no_sync`, nothing in
 them changes a number the loop computes, and where each sits keeps a resumed or distributed run
-bit-identical.
+bit-identical. The Fabric loop's `run` is a `FabricRun` (`machinery/fabric_run.py`): the same calls,
+but that Fabric's own lines do the work of `run.distribute` and `run.no_sync`, `fabric.log` writes
+the scalars and `fabric.save` and `fabric.load` the checkpoints.
 
 {machinery}
 
@@ -438,8 +491,12 @@ bit-identical.
 
 
 def side_by_side() -> str:
-    """docs/side_by_side.md: every line of loop.fit() beside the Lightning code and hook that do its work."""
-    loop = [f"| `{row.line}` | {f'`{row.code}`' if row.code else ''} | {row.lightning} |" for row in LOOP]
+    """docs/side_by_side.md: every line of loop.fit() beside the Fabric loop's and the Lightning code and hook
+    that do its work."""
+    loop = [
+        f"| `{row.line}` | {fabric_cell(row)} | {f'`{row.code}`' if row.code else ''} | {row.lightning} |"
+        for row in LOOP
+    ]
     return PAGE.format(
         loop="\n".join(loop),
         machinery="\n".join(table(MACHINERY, "`machinery/plain_run.py`")),

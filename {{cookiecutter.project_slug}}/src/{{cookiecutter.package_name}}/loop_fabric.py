@@ -1,14 +1,15 @@
-"""The plain loop of loop.py with Lightning Fabric doing what it takes over, line for line beside it.
+"""The plain loop of loop.py with Lightning Fabric doing what it takes over, line for line.
 
     python train_fabric.py       # fit() on configs/default.yaml, logs to logs/fabric/version_N
 
-The loop stays yours: every line is loop.py's but the ones marked `Fabric:`, which name the line of loop.py they
-replace. Fabric takes over the device, DDP, mixed precision and the backward; Fabric(precision=...) and
-Fabric(strategy=...) are set in train_fabric.py. Lines of loop.py with no line here are done inside Fabric's:
-`model.to(device)` and the batches' `.to(device)` in the setup calls, autocast in the model's forward, the
-GradScaler's unscale_ and update in clip_gradients and the optimizer's step. `run` does what the Trainer does
-around the loop, as in loop.py: logging through Fabric's logger, checkpoints through fabric.save and fabric.load
-(machinery/fabric_run.py). docs/side_by_side.md shows the three loops row by row.
+The loop stays yours: every line is loop.py's but those marked `Fabric:`, which name the line of
+loop.py they replace. Fabric takes over the device, DDP, mixed precision and the backward;
+train_fabric.py sets Fabric(precision=..., strategy=...). The lines of loop.py with none here are
+done inside Fabric's calls: `model.to(device)` and the batches' `.to(device)` in the setup calls,
+autocast in the model's forward, the GradScaler's unscale_ and update in clip_gradients and the
+optimizer's step. `run` does what the Trainer does around the loop, as in loop.py, with Fabric's
+logger and fabric.save and fabric.load (machinery/fabric_run.py). docs/side_by_side.md shows the
+three loops row by row.
 """
 
 import torch
@@ -23,7 +24,7 @@ from {{ cookiecutter.package_name }}.model import MLP
 
 
 def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
-    """Train an MLP on `data` with `hp` (the same as loop.fit's) and `fabric`; return the model, optimizer and
+    """Train an MLP on `data` with `hp` (loop.fit's) and `fabric`; return the model, optimizer and
     scheduler, as Fabric wraps them."""
     fabric.seed_everything(hp.seed)  # Fabric: torch.manual_seed(hp.seed)
     device = fabric.device  # Fabric: run.device
@@ -61,7 +62,7 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
             steps = (batch_idx + 1) % N == 0 or batch_idx + 1 == len(loader)
             if batch_idx % N == 0:  # a window's first batch
                 optimizer.zero_grad()  # optimizer_zero_grad
-            with fabric.no_backward_sync(model, enabled=not steps):  # Fabric: run.no_sync(not steps)
+            with fabric.no_backward_sync(model, enabled=not steps):  # Fabric: run.no_sync(...)
                 logits = model(X_batch)  # training_step; in autocast: Fabric
                 loss = criterion(logits, y_batch)  # training_step
                 fabric.backward(loss / N)  # Fabric: scaler.scale(loss / N).backward()
