@@ -14,9 +14,10 @@ own log directory. Ctrl-C or SIGTERM finishes the batch, writes last.pt of exact
 how to resume and exits with 130 or 143; a second Ctrl-C stops at once. A NaN or infinite loss
 stops the run, naming the step, and leaves the checkpoint as it was.
 
-Under DDP, Fabric launches the other processes, each running this script, or joins those torchrun
-started; rank 0 alone logs, draws the animation and writes checkpoints, at the end of each epoch.
-A signal then stops the processes at once: the run goes on from the last epoch's checkpoint.
+Under DDP, Fabric launches the other processes, each running this script; under torchrun
+(`torchrun --standalone --nproc_per_node 2 train_fabric.py`) it joins those torchrun started. Rank 0
+alone logs, draws the animation and writes checkpoints, at the end of each epoch. A signal then
+stops the processes at once: the run goes on from the last epoch's checkpoint.
 """
 
 import signal
@@ -42,7 +43,7 @@ from {{ cookiecutter.package_name }}.loop_fabric import fit
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError
 from {{ cookiecutter.package_name }}.machinery.cli import one_line_errors, quiet
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
-from {{ cookiecutter.package_name }}.machinery.plain_run import next_version
+from {{ cookiecutter.package_name }}.machinery.plain_run import launched_by_torchrun, next_version
 from {{ cookiecutter.package_name }}.machinery.stopping import (
     NonFiniteLossError,
     StoppedBySignal,
@@ -85,11 +86,15 @@ def main(args: list[str] | None = None):
     purge_step = resume and resume["step"]
     logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=purge_step)
     plugins = trainer.plugins if isinstance(trainer.plugins, list) else [trainer.plugins]
+    strategy, devices, num_nodes = trainer.strategy, trainer.devices, trainer.num_nodes
+    if launched_by_torchrun() and strategy == "auto":  # the processes torchrun started, as train_torch.py
+        strategy, devices = "ddp", int(os.environ["LOCAL_WORLD_SIZE"])
+        num_nodes = int(os.environ["WORLD_SIZE"]) // devices
     fabric = Fabric(
         accelerator=trainer.accelerator,
-        strategy=trainer.strategy,
-        devices=trainer.devices,
-        num_nodes=trainer.num_nodes,
+        strategy=strategy,
+        devices=devices,
+        num_nodes=num_nodes,
         precision=trainer.precision,
         plugins=[plugin(spec) for spec in plugins if spec is not None],
         loggers=logger,

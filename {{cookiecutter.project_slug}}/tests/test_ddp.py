@@ -1,8 +1,10 @@
-"""DDP: Lightning's `--trainer.strategy ddp` and the plain loop under `torchrun` compute the same run.
+"""DDP: Lightning's `--trainer.strategy ddp`, the plain loop under `torchrun` and the Fabric loop with Fabric's
+`--trainer.strategy ddp` compute the same run.
 
-Two CPU processes each (gloo), launched as a user launches them, on the same flags. Rank 0's TensorBoard series
-are equal value for value, and the final checkpoints hold torch.equal weights, optimizer and scheduler state.
-Dropout is on, so the processes' random numbers must line up too.
+Two CPU processes each (gloo), launched as a user launches them, on the same flags: Lightning and Fabric each
+start their second process themselves. Rank 0's TensorBoard series are equal value for value, and the final
+checkpoints hold torch.equal weights, optimizer and scheduler state. Dropout is on, so the processes' random
+numbers must line up too.
 """
 
 import subprocess
@@ -20,7 +22,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 COMMANDS = {
     "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, "--trainer.enable_model_summary=false"],
     "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
+    "fabric": [sys.executable, str(ROOT / "train_fabric.py"), *DDP],
 }
+SIDES = tuple(COMMANDS)
 # 180 training points: 90 a process, batches of 32, 32, 26; 60 validation points: 30 a process, batches 25, 5,
 # whose metrics torchmetrics reduces over both processes.
 ARGS = [
@@ -46,18 +50,20 @@ def launch(side: str, args: list[str], cwd: Path) -> Path:
     return directory
 
 
-def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path):
-    lightning, plain = (launch(side, ARGS, tmp_path) for side in ("lightning", "torch"))
-    for directory in (lightning, plain):
+def test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identical(tmp_path):
+    runs = {side: launch(side, ARGS, tmp_path) for side in SIDES}
+    for directory in runs.values():
         assert len(list(directory.glob("events.out.tfevents.*"))) == 1  # rank 0 alone logs
         with Image.open(directory / "decision_boundary.gif") as gif:
             assert gif.n_frames == 2
 
-    lightning_scalars, plain_scalars = event_scalars(lightning), event_scalars(plain)
+    scalars = {side: event_scalars(directory) for side, directory in runs.items()}
+    plain_scalars = scalars["torch"]
     assert set(plain_scalars) == TAGS
     assert len(plain_scalars["train/loss"]) == 4 * 3  # each process trained on its half: 3 steps an epoch
-    assert [tag for tag in TAGS if lightning_scalars[tag] != plain_scalars[tag]] == []
-    assert differences(final_state("lightning", lightning), final_state("torch", plain)) == []
+    for side in ("lightning", "fabric"):
+        assert [tag for tag in TAGS if scalars[side][tag] != plain_scalars[tag]] == [], side
+        assert differences(final_state(side, runs[side]), final_state("torch", runs["torch"])) == [], side
 
     # The control: one process on all the data is another run, so the equality above is DDP's.
     single = subprocess.run([sys.executable, str(ROOT / "train_torch.py"), *ARGS], cwd=tmp_path, env=ENV)
@@ -68,46 +74,53 @@ def test_lightning_ddp_and_the_plain_loop_under_torchrun_are_identical(tmp_path)
 
 # Windows of 2 of each process's 3 batches an epoch: a full one, then a partial one; clipping that bites.
 ACCUMULATING = ["--trainer.accumulate_grad_batches=2", "--trainer.gradient_clip_val=0.05"]
-# The negative control: the plain loop under torchrun without DDP's no_sync on the batches it accumulates.
+# The negative controls, run under torchrun: the plain loop without DDP's no_sync on the batches it accumulates,
+# and the Fabric loop without fabric.no_backward_sync.
 WITHOUT_NO_SYNC = """
 import runpy
 import sys
 from contextlib import nullcontext
 
+from lightning.fabric import Fabric
 from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
 
 PlainRun.no_sync = lambda self, accumulating: nullcontext()
+Fabric.no_backward_sync = lambda self, module, enabled=True: nullcontext()
+sys.path.insert(0, ROOT)
 sys.argv[0] = SCRIPT
 runpy.run_path(SCRIPT, run_name="__main__")
 """
 
 
 def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
-    """Lightning's DDP and the plain loop under torchrun, accumulating: equal series and final states. Without
-    no_sync, which Lightning puts around the batches it accumulates, each batch's gradients are averaged over the
-    processes and then added up, where no_sync adds them up in each process and averages once: other bits (the
-    pitfalls lab's row 11f counts the all-reduces too)."""
-    lightning = launch("lightning", [*ARGS, *ACCUMULATING], tmp_path / "lightning")
-    plain = launch("torch", [*ARGS, *ACCUMULATING], tmp_path / "torch")
+    """The three loops under DDP, accumulating: equal series and final states. Without no_sync, which Lightning
+    puts around the batches it accumulates, each batch's gradients are averaged over the processes and then added
+    up, where no_sync adds them up in each process and averages once: other bits (the pitfalls lab's row 11f counts
+    the all-reduces too)."""
+    runs = {side: launch(side, [*ARGS, *ACCUMULATING], tmp_path / side) for side in SIDES}
+    plain = runs["torch"]
     assert len(event_scalars(plain)["train/loss"]) == 4 * 2  # 2 steps an epoch
-    assert event_scalars(lightning) == event_scalars(plain)
-    assert differences(final_state("lightning", lightning), final_state("torch", plain)) == []
+    for side in ("lightning", "fabric"):
+        assert event_scalars(runs[side]) == event_scalars(plain), side
+        assert differences(final_state(side, runs[side]), final_state("torch", plain)) == [], side
 
-    script = tmp_path / "without_no_sync.py"
-    script.write_text(WITHOUT_NO_SYNC.replace("SCRIPT", repr(str(ROOT / "train_torch.py"))))
-    cwd = tmp_path / "without"
-    cwd.mkdir()
-    done = subprocess.run([*TORCHRUN, str(script), *ARGS, *ACCUMULATING], cwd=cwd, env=ENV, capture_output=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    changed = differences(final_state("torch", cwd / "logs" / "torch" / "version_0"), final_state("torch", plain))
-    assert ".model.net.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed
+    for side in ("torch", "fabric"):  # Fabric under torchrun: the DDP of the processes torchrun started
+        cwd = tmp_path / f"without_{side}"
+        cwd.mkdir()
+        script = cwd / "without_no_sync.py"
+        entry = repr(str(ROOT / f"train_{side}.py"))
+        script.write_text(WITHOUT_NO_SYNC.replace("ROOT", repr(str(ROOT))).replace("SCRIPT", entry))
+        done = subprocess.run([*TORCHRUN, str(script), *ARGS, *ACCUMULATING], cwd=cwd, env=ENV, capture_output=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        changed = differences(final_state(side, cwd / "logs" / side / "version_0"), final_state("torch", plain))
+        assert ".model.net.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
 
 
 def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
     """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically. One
     uninterrupted run for both: the two loops compute the same run (the test above)."""
     expected = launch("torch", LONGER, tmp_path / "reference")
-    for side in ("lightning", "torch"):
+    for side in SIDES:
         cwd = tmp_path / side
         cwd.mkdir(exist_ok=True)
         checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
