@@ -1,4 +1,4 @@
-"""An interrupted run goes on exactly as it would have gone without the interruption, in both loops.
+"""An interrupted run goes on exactly as it would have gone without the interruption, in all three loops.
 
 Every run here has dropout on, so a resumed run that drew other random numbers than the uninterrupted one would
 show. "Exactly": the final checkpoint (weights, optimizer, scheduler, epoch and step, the shuffle generator, the
@@ -139,10 +139,12 @@ STOPS = [(signal.SIGINT, 0), (signal.SIGTERM, 4), (signal.SIGINT, 5), (signal.SI
 ENTRY = {
     "lightning": ("python train.py fit", "last.ckpt", "global_step"),
     "torch": ("python train_torch.py", "last.pt", "step"),
+    "fabric": ("python train_fabric.py", "last.pt", "step"),
 }
+SIDES = tuple(ENTRY)
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("signum, step", STOPS, ids=[f"{s.name}-step{n}" for s, n in STOPS])
 def test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical(
     side, signum, step, tmp_path, monkeypatch, capsys, reference
@@ -161,7 +163,7 @@ def test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical(
     assert mismatches(final(tmp_path, side), expected) == []
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_a_signal_within_a_window_stops_at_its_end_and_resuming_is_bit_identical(
     side, tmp_path, monkeypatch, capsys, reference
 ):
@@ -181,7 +183,7 @@ def test_a_signal_within_a_window_stops_at_its_end_and_resuming_is_bit_identical
     assert scaler["_growth_tracker"] == 4 * 2  # the scaler counted all 8 steps, the 3 before the stop too
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_a_32_bit_run_goes_on_in_16_mixed_with_a_new_grad_scaler(side, tmp_path, monkeypatch, capsys):
     """A checkpoint without a scaler's state: Lightning starts a new GradScaler (its MixedPrecision entry is
     missing), and so does the plain loop."""
@@ -194,7 +196,7 @@ def test_a_32_bit_run_goes_on_in_16_mixed_with_a_new_grad_scaler(side, tmp_path,
     assert scaler["_growth_tracker"] == 12 - 5  # the steps after the stop
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_resuming_mid_epoch_with_persistent_workers(side, tmp_path, monkeypatch, capsys, reference):
     """New worker processes draw a seed the interrupted run's reused ones did not; it must not shift the shuffle."""
     expected = reference(side, [*TINY, *WORKERS])
@@ -229,7 +231,7 @@ def test_without_the_random_state_a_resumed_run_with_dropout_differs(tmp_path, m
     assert ".state_dict.model.net.0.weight" in mismatches(final(tmp_path, "lightning"), expected)
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path, monkeypatch, capsys, reference):
     """The model's and the data's settings and max_epochs come from the checkpoint, not from configs/default.yaml."""
     expected = reference(side, TINY)
@@ -293,7 +295,11 @@ def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, ki
     return history
 
 
-KILLS = [("train.py", "lightning", "last.ckpt", 2), ("train_torch.py", "torch", "last.pt", 2)]
+KILLS = [
+    ("train.py", "lightning", "last.ckpt", 2),
+    ("train_torch.py", "torch", "last.pt", 2),
+    ("train_fabric.py", "fabric", "last.pt", 2),
+]
 
 
 @pytest.mark.parametrize("script, side, checkpoint, kills", KILLS, ids=[side for _, side, _, _ in KILLS])
@@ -319,7 +325,9 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cl
     assert mismatches(final(tmp_path, "lightning"), expected) == []
 
 
-@pytest.mark.parametrize("script, side", [("train.py", "lightning"), ("train_torch.py", "torch")])
+@pytest.mark.parametrize(
+    "script, side", [("train.py", "lightning"), ("train_torch.py", "torch"), ("train_fabric.py", "fabric")]
+)
 def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script, side, tmp_path):
     """Within milliseconds of the first, the second can land anywhere: in the stop's own checkpoint write, in the
     handling of the first, in Lightning's code. Exit 130 (or death by SIGINT, which a shell reports as 130)."""
@@ -340,7 +348,7 @@ def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script,
     assert torch.load(checkpoint, weights_only=True)  # whole: the last one written, or the stop's
 
 
-@pytest.mark.parametrize("script", ["train.py", "train_torch.py"])
+@pytest.mark.parametrize("script", ["train.py", "train_torch.py", "train_fabric.py"])
 def test_ctrl_c_while_the_libraries_load_is_one_line_and_130(script, tmp_path):
     """0.3 s in, the script is still importing torch and Lightning; nothing has been written."""
     command = [sys.executable, str(ROOT / script), *(["fit"] if script == "train.py" else [])]
