@@ -1,4 +1,4 @@
-"""The decision-boundary animation: the same pixels from both loops, and no effect on training."""
+"""The decision-boundary animation: the same pixels from the three loops, and no effect on training."""
 
 import numpy as np
 import pytest
@@ -6,13 +6,13 @@ import torch
 from PIL import Image, ImageSequence
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train
-import train_torch
 from {{ cookiecutter.package_name }}.boundary import PALETTE, TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import make_spiral
 from {{ cookiecutter.package_name }}.model import MLP
 
 from conftest import QUIET, SMALL, fit, run
+
+SIDES = ("lightning", "torch", "fabric")
 
 
 def gif_frames(path) -> list[np.ndarray]:
@@ -27,26 +27,27 @@ def image_steps(run_dir) -> list[int]:
 
 
 def test_entry_points_write_pixel_identical_gifs_and_image_tags(tmp_path):
-    for script, args in (("train.py", ["fit"]), ("train_torch.py", [])):
+    for script, args in (("train.py", ["fit"]), ("train_torch.py", []), ("train_fabric.py", [])):
         result = run(script, *args, "--trainer.max_epochs=5", *QUIET, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "decision_boundary.gif" in result.stdout
-    lightning, plain = (tmp_path / "logs" / side / "version_0" for side in ("lightning", "torch"))
-    lightning_frames = gif_frames(lightning / "decision_boundary.gif")
+    lightning, plain, fabric = (tmp_path / "logs" / side / "version_0" for side in SIDES)
     plain_frames = gif_frames(plain / "decision_boundary.gif")
-    assert len(lightning_frames) == len(plain_frames) == 5
-    assert all(np.array_equal(a, b) for a, b in zip(lightning_frames, plain_frames, strict=True))
-    assert not np.array_equal(lightning_frames[0], lightning_frames[-1])  # the boundary moves
-    assert image_steps(lightning) == image_steps(plain) == [29 * epoch - 1 for epoch in range(1, 6)]
+    assert len(plain_frames) == 5
+    for other in (lightning, fabric):
+        frames = gif_frames(other / "decision_boundary.gif")
+        assert len(frames) == 5 and all(np.array_equal(a, b) for a, b in zip(frames, plain_frames, strict=True))
+        assert image_steps(other) == image_steps(plain)
+    assert not np.array_equal(plain_frames[0], plain_frames[-1])  # the boundary moves
+    assert image_steps(plain) == [29 * epoch - 1 for epoch in range(1, 6)]
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_switching_the_animation_off_changes_no_loss(side, tmp_path, written):
     """With dropout on, a stray draw from the global RNG or a wrong train/eval mode would show in the losses."""
     for every in (1, 0):
         args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path / str(every)}", *SMALL]
-        args += ["--model.dropout=0.3", f"--boundary.every_n_epochs={every}"]
-        train.main(["fit", *args]) if side == "lightning" else train_torch.main(args)
+        fit(side, [*args, "--model.dropout=0.3", f"--boundary.every_n_epochs={every}"])
     on, off = (tmp_path / str(every) / side / "version_0" for every in (1, 0))
     assert (on / "decision_boundary.gif").exists() and not (off / "decision_boundary.gif").exists()
     losses = torch.tensor([value for _, value in written[side]["train/loss"]])
@@ -87,7 +88,7 @@ def test_points_on_a_line_or_one_point_are_drawn(points):
         assert np.all(image == dark, axis=-1).sum() == 4
 
 
-@pytest.mark.parametrize("side", ["lightning", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_one_point_per_class_trains_and_is_drawn(side, tmp_path):
     """Its validation points share their coordinates: the picture is drawn, one unit wide."""
     flags = ["--trainer.max_epochs=2", "--data.points_per_class=1"]
@@ -95,7 +96,7 @@ def test_one_point_per_class_trains_and_is_drawn(side, tmp_path):
     assert (tmp_path / side / "version_0" / "decision_boundary.gif").is_file()
 
 
-@pytest.mark.parametrize("script, args", [("train.py", ["fit"]), ("train_torch.py", [])])
+@pytest.mark.parametrize("script, args", [("train.py", ["fit"]), ("train_torch.py", []), ("train_fabric.py", [])])
 def test_more_classes_than_colours_switch_the_animation_off_in_one_line(script, args, tmp_path):
     """More than its seven colours: the animation is off, said in one line before training; the run trains."""
     flags = ["--trainer.max_epochs=2", "--data.points_per_class=30", "--data.classes=9"]

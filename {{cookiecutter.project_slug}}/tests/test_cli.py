@@ -1,4 +1,5 @@
-"""The entry points as a user runs them: `python train.py fit|validate|test|predict` and `python train_torch.py`.
+"""The entry points as a user runs them: `python train.py fit|validate|test|predict`, `python train_torch.py` and
+`python train_fabric.py`.
 
 One tiny fit is shared by the module; validate, test and predict start from its last.ckpt. Bad config values
 run in this process through the same main() the scripts call (a subprocess each would cost seconds of imports).
@@ -16,6 +17,7 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 import train
+import train_fabric
 import train_torch
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
@@ -260,7 +262,11 @@ GOOD_VALUES = [
     *["--trainer.gradient_clip_val=1e-9", "--model.lr=3e38", "--data.noise=3e38", f"--seed_everything={2**32 - 1}"],
     *["--trainer.accumulate_grad_batches=1", "--trainer.precision=bf16-mixed"],
 ]
-MAINS = {"train.py fit": lambda args: train.main(["fit", *args]), "train_torch.py": train_torch.main}
+MAINS = {
+    "train.py fit": lambda args: train.main(["fit", *args]),
+    "train_torch.py": train_torch.main,
+    "train_fabric.py": train_fabric.main,
+}
 
 
 class Started(Exception):
@@ -269,7 +275,7 @@ class Started(Exception):
 
 @pytest.fixture
 def no_training(tmp_path, monkeypatch) -> None:
-    """Run in tmp_path; where either entry point would start training, raise Started instead."""
+    """Run in tmp_path; where an entry point would start training, raise Started instead."""
 
     def start(*args, **kwargs):
         raise Started
@@ -277,6 +283,7 @@ def no_training(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(Trainer, "fit", start)
     monkeypatch.setattr(train_torch, "fit", start)
+    monkeypatch.setattr(train_fabric, "fit", start)
 
 
 @pytest.mark.parametrize("entry", MAINS)
@@ -307,15 +314,27 @@ NOT_IN_THE_PLAIN_LOOP = [
 
 @pytest.mark.parametrize("flag", NOT_IN_THE_PLAIN_LOOP)
 def test_a_trainer_setting_the_plain_loop_does_not_implement_is_refused_by_name(flag, tmp_path, no_training, capsys):
+    """By the Fabric loop too: its loop is the plain one."""
     key = flag.removeprefix("--").split("=")[0]
-    with pytest.raises(SystemExit) as stop:
-        train_torch.main([*TINY, flag])
-    assert stop.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {key}=") and "use train.py" in line, line
-    assert not (tmp_path / "logs").exists()
+    for main in (train_torch.main, train_fabric.main):
+        with pytest.raises(SystemExit) as stop:
+            main([*TINY, flag])
+        assert stop.value.code == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: {key}=") and "use train.py" in line, line
+        assert not (tmp_path / "logs").exists()
     with pytest.raises(Started):  # Lightning takes it
         train.main(["fit", *TINY, flag])
+
+
+def test_a_strategy_the_fabric_loop_does_not_run_is_refused_by_name(tmp_path, no_training, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_fabric.main([*TINY, "--trainer.strategy=fsdp"])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: trainer.strategy='fsdp': the Fabric loop runs one of ['auto', 'ddp']"), line
+    with pytest.raises(Started):  # the negative control (ddp would start processes: tests/test_ddp.py)
+        train_fabric.main([*TINY, "--trainer.strategy=auto"])
 
 
 def test_the_readme_says_why_for_each_setting_the_plain_loop_refuses():
@@ -326,11 +345,11 @@ def test_the_readme_says_why_for_each_setting_the_plain_loop_refuses():
     assert refused == set(train_torch.PLAIN_LOOP_TRAINER)
 
 
-@pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"]])
+@pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"], ["train_fabric.py"]])
 def test_a_bad_value_is_one_line_and_exit_2_from_the_command_line(command, tmp_path):
-    """One of jsonargparse's refusals and one of settings_problem's (in this process, for both: BAD_VALUES)."""
+    """One of jsonargparse's refusals and one of settings_problem's (in this process, for all: BAD_VALUES)."""
     flag, said = ("--data.batch_size=0", 'error: Parser key "data.batch_size":')
-    if command[0] == "train_torch.py":
+    if command[0] != "train.py":
         flag, said = ("--trainer.gradient_clip_val=0", "error: trainer.gradient_clip_val must be positive")
     result = run(*command, flag, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
@@ -349,6 +368,16 @@ def test_a_run_says_what_it_did_and_nothing_else(tmp_path):
         "decision boundary: logs/lightning/version_0/decision_boundary.gif",
         "logs: logs/lightning/version_0",
     ]  # sorted
+
+
+def test_the_fabric_loop_says_what_it_did_and_nothing_else(tmp_path):
+    result = run("train_fabric.py", *TINY, "--boundary.every_n_epochs=1", cwd=tmp_path)
+    succeeded(result)
+    assert result.stderr == ""
+    assert result.stdout.strip().splitlines() == [
+        "decision boundary: logs/fabric/version_0/decision_boundary.gif",
+        "logs: logs/fabric/version_0",
+    ]
 
 
 @pytest.mark.parametrize("entry", MAINS)
@@ -401,7 +430,7 @@ def test_a_config_file_that_is_not_utf8_is_named_in_one_line(entry, tmp_path, no
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"]])
+@pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"], ["train_fabric.py"]])
 def test_logs_that_is_a_file_is_named_in_one_line_and_left_alone(command, tmp_path):
     (tmp_path / "logs").write_text("my notes\n")
     result = run(*command, *TINY, cwd=tmp_path)

@@ -1,6 +1,7 @@
 """Checkpoints are never torn, a loss that turns NaN stops the run by name, a bad checkpoint is refused in one line.
 
-Both entry points, `python train.py fit` and `python train_torch.py`, the way a user meets each failure.
+The entry points, `python train.py fit`, `python train_torch.py` and `python train_fabric.py`, the way a user meets
+each failure.
 """
 
 import io
@@ -27,16 +28,11 @@ from {{ cookiecutter.package_name }}.machinery.checkpoints import (
 from {{ cookiecutter.package_name }}.machinery.logger import TensorBoardLogger
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import TINY, event_scalars, fit, run
+from conftest import CHECKPOINT, TINY, event_scalars, fit, run
 
-MAINS = {
-    "train.py fit": lambda args: fit("lightning", args),
-    "train_torch.py": lambda args: fit("torch", args),
-}
-CHECKPOINTS = {
-    "train.py fit": "logs/lightning/version_0/checkpoints/last.ckpt",
-    "train_torch.py": "logs/torch/version_0/checkpoints/last.pt",
-}
+SIDES = {"train.py fit": "lightning", "train_torch.py": "torch", "train_fabric.py": "fabric"}
+MAINS = {entry: lambda args, side=side: fit(side, args) for entry, side in SIDES.items()}
+CHECKPOINTS = {entry: f"logs/{side}/version_0/checkpoints/{CHECKPOINT[side]}" for entry, side in SIDES.items()}
 
 
 def refused(entry: str, args: list[str], capsys) -> str:
@@ -188,7 +184,7 @@ def test_a_nan_loss_stops_the_run_by_step_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
 
 
-@pytest.mark.parametrize("script", ["train.py", "train_torch.py"])
+@pytest.mark.parametrize("script", ["train.py", "train_torch.py", "train_fabric.py"])
 def test_a_learning_rate_that_blows_up_is_one_line_and_no_checkpoint(script, tmp_path):
     """A real divergence, as a user runs it: lr 1e30 makes the second step's loss NaN."""
     subcommand = ["fit"] if script == "train.py" else []
@@ -310,8 +306,8 @@ def test_a_bad_checkpoint_is_refused_in_one_line_with_nothing_written(name, entr
 def test_ckpt_path_last_without_a_run_is_refused(entry, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     said = refused(entry, [*TINY, "--ckpt_path=last"], capsys)
-    side, filename = ("lightning", "last.ckpt") if entry == "train.py fit" else ("torch", "last.pt")
-    assert said == f"error: --ckpt_path last: there is no logs/{side}/version_*/checkpoints/{filename}"
+    side = SIDES[entry]
+    assert said == f"error: --ckpt_path last: there is no logs/{side}/version_*/checkpoints/{CHECKPOINT[side]}"
     assert not (tmp_path / "logs").exists()
 
 
@@ -349,9 +345,9 @@ def test_a_checkpoint_of_another_shape_is_named_when_it_is_loaded(at_fitted):
         SpiralClassifier(hidden=64).on_load_checkpoint(checkpoint)
 
 
-@pytest.mark.parametrize("script", ["train.py", "train_torch.py"])
+@pytest.mark.parametrize("script", ["train.py", "train_torch.py", "train_fabric.py"])
 def test_the_entry_points_refuse_a_truncated_checkpoint_without_a_traceback(script, fitted, tmp_path):
-    entry = "train.py fit" if script == "train.py" else "train_torch.py"
+    entry = "train.py fit" if script == "train.py" else script
     bad = tmp_path / ("bad" + Path(CHECKPOINTS[entry]).suffix)
     bad.write_bytes((fitted / CHECKPOINTS[entry]).read_bytes()[:1000])
     subcommand = ["fit"] if script == "train.py" else []
