@@ -1,15 +1,16 @@
-"""Time `python train.py fit` against `python train_torch.py` and a stock Trainer: one experiment, in fresh processes.
+"""Time `python train.py fit` against `python train_torch.py`, `python train_fabric.py` and a stock Trainer: one
+experiment, in fresh processes.
 
     python benchmarks/lightning_vs_torch.py                       # configs/default.yaml, 3 runs of each, 1 thread
     python benchmarks/lightning_vs_torch.py --runs 5 --epochs 20 --threads 2
     python benchmarks/lightning_vs_torch.py --threads torch        # as many threads as torch itself would take
     python benchmarks/lightning_vs_torch.py -- --data.points_per_class=100000 --data.batch_size=4096
 
-Both entry points run exactly as a user types them, with the config they read by default, in alternation with
-the peer, benchmarks/stock_trainer.py (Lightning, plain, stock, Lightning, ...), so that a change in the machine's
-load hits all alike. The peer is the same LightningModule and data in a Trainer with Lightning's defaults: its
-TensorBoardLogger, its progress bar at every step, train/loss logged at every step, as a typical Lightning template
-runs it. Flags after `--` go to all three. Each run writes its logs to a temporary directory, so logs/ stays as it
+The three entry points run exactly as a user types them, with the config they read by default, in alternation
+with the peer, benchmarks/stock_trainer.py (Lightning, plain, Fabric, stock, Lightning, ...), so that a change in
+the machine's load hits all alike. The peer is the same LightningModule and data in a Trainer with Lightning's
+defaults: its TensorBoardLogger, its progress bar at every step, train/loss logged at every step, as a typical
+Lightning template runs it. Flags after `--` go to all four. Each run writes its logs to a temporary directory, so logs/ stays as it
 was. The threads torch may use are set for all through OMP_NUM_THREADS: 1 unless --threads says otherwise, which is
 also what the scripts use when it is unset; `--threads torch` sets it to the number torch picks by itself.
 
@@ -21,8 +22,8 @@ wall time is measured too, from start to exit, and the start-up: from the proces
 event. All runs must log equal train/loss and val/loss series; the script checks that, and exits with 1 if they
 differ.
 
-The ratio lines, `ratio stock/torch: X.XX` and last `ratio lightning/torch: X.XX`, are the medians over the rounds
-of a Lightning run's training time divided by the plain loop's in the same round.
+The ratio lines, `ratio stock/torch: X.XX`, `ratio fabric/torch: X.XX` and last `ratio lightning/torch: X.XX`, are
+the medians over the rounds of a run's training time divided by the plain loop's in the same round.
 """
 
 import argparse
@@ -43,13 +44,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDES = {
     "lightning": ["train.py", "fit"],
     "torch": ["train_torch.py"],
+    "fabric": ["train_fabric.py"],
     "stock": ["benchmarks/stock_trainer.py"],
 }
-COLUMNS = {"lightning": "`python train.py fit`", "torch": "`python train_torch.py` (plain)", "stock": "stock Trainer"}
+COLUMNS = {
+    "lightning": "`python train.py fit`",
+    "torch": "`python train_torch.py` (plain)",
+    "fabric": "`python train_fabric.py`",
+    "stock": "stock Trainer",
+}
+RATIOS = ("lightning", "fabric", "stock")  # each against the plain loop
 # What each side's process imports before it runs; the plain loop's own libraries, to compare with Lightning.
 IMPORTS = {
     "lightning": ("import train", "import lightning"),
     "torch": ("import train_torch", "import torch, torchmetrics, tqdm, torch.utils.tensorboard"),
+    "fabric": ("import train_fabric", "import lightning"),
     "stock": ("import benchmarks.stock_trainer", "import lightning"),
 }
 DEFAULT_THREADS = 1  # as train.py and train_torch.py when OMP_NUM_THREADS is unset; docs/performance.md
@@ -180,19 +189,19 @@ def table(runs: dict[str, list[Run]], imports: dict[str, list[list[float]]], n: 
     ]
     columns = " | ".join(COLUMNS[side] for side in SIDES)
     lines = [
-        f"| median (min–max) of {n} runs | {columns} | Lightning / plain | stock / plain |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| median (min–max) of {n} runs | {columns} | Lightning / plain | Fabric / plain | stock / plain |",
+        "|---|" + "---:|" * (len(SIDES) + len(RATIOS)),
     ]
     names = [
-        "import time, entry point [s] (`import train` / `train_torch` / `benchmarks.stock_trainer`)",
-        "import time, libraries [s] (`lightning` / torch, torchmetrics, tqdm, tensorboard / `lightning`)",
+        "import time, entry point [s] (`import train` / `train_torch` / `train_fabric` / `benchmarks.stock_trainer`)",
+        "import time, libraries [s] (`lightning` / torch, torchmetrics, tqdm, tensorboard / `lightning` / `lightning`)",
     ]
     columns = {side: list(zip(*imports[side], strict=True)) for side in SIDES}
     cells = [(name, {side: [get(r) for r in runs[side]] for side in SIDES}, digits) for name, get, digits in rows]
     cells += [(name, {side: columns[side][i] for side in SIDES}, 2) for i, name in enumerate(names)]
     for name, values, digits in cells:
         medians = " | ".join(summary(values[side], digits) for side in SIDES)
-        ratios = " | ".join(f"{ratio(values[side], values['torch']):.2f}" for side in ("lightning", "stock"))
+        ratios = " | ".join(f"{ratio(values[side], values['torch']):.2f}" for side in RATIOS)
         lines.append(f"| {name} | {medians} | {ratios} |")
     return "\n".join(lines)
 
@@ -256,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(runs, imports, args.runs))
     print()
-    print(f"train/loss and val/loss equal in every run of all three: {'yes' if equal else 'NO'}")
+    print(f"train/loss and val/loss equal in every run of all four: {'yes' if equal else 'NO'}")
     print(f"ratio stock/torch: {ratio(training['stock'], training['torch']):.2f}")
+    print(f"ratio fabric/torch: {ratio(training['fabric'], training['torch']):.2f}")
     print(f"ratio lightning/torch: {ratio(training['lightning'], training['torch']):.2f}")
     return 0 if equal else 1
 

@@ -32,8 +32,10 @@ def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(
     assert [cell.strip() for cell in table[0].strip("|").split("|")][1:] == [
         "`python train.py fit`",
         "`python train_torch.py` (plain)",
+        "`python train_fabric.py`",
         "stock Trainer",
         "Lightning / plain",
+        "Fabric / plain",
         "stock / plain",
     ]
     assert set(table[1]) <= set("|-:")
@@ -43,9 +45,10 @@ def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(
     )
     for row in table[2:]:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", cell) for cell in cells[1:4]), row
-        assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in cells[4:]), row
-    assert "train/loss and val/loss equal in every run of all three: yes" in lines
-    assert re.fullmatch(r"ratio stock/torch: \d+\.\d\d", lines[-2])
+        assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", cell) for cell in cells[1:5]), row
+        assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in cells[5:]), row
+    assert "train/loss and val/loss equal in every run of all four: yes" in lines
+    assert re.fullmatch(r"ratio stock/torch: \d+\.\d\d", lines[-3])
+    assert re.fullmatch(r"ratio fabric/torch: \d+\.\d\d", lines[-2])
     assert re.fullmatch(r"ratio lightning/torch: \d+\.\d\d", lines[-1])
     assert not any(tmp_path.iterdir())  # the runs logged to a temporary directory, since removed
