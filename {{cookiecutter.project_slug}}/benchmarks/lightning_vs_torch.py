@@ -10,9 +10,10 @@ The three entry points run exactly as a user types them, with the config they re
 with the peer, benchmarks/stock_trainer.py (Lightning, plain, Fabric, stock, Lightning, ...), so that a change in
 the machine's load hits all alike. The peer is the same LightningModule and data in a Trainer with Lightning's
 defaults: its TensorBoardLogger, its progress bar at every step, train/loss logged at every step, as a typical
-Lightning template runs it. Flags after `--` go to all four. Each run writes its logs to a temporary directory, so logs/ stays as it
-was. The threads torch may use are set for all through OMP_NUM_THREADS: 1 unless --threads says otherwise, which is
-also what the scripts use when it is unset; `--threads torch` sets it to the number torch picks by itself.
+Lightning template runs it. Flags after `--` go to all four. Each run writes its logs to a temporary directory, so
+logs/ stays as it was. The threads torch may use are set for all through OMP_NUM_THREADS: 1 unless --threads says
+otherwise, which is also what the scripts use when it is unset; `--threads torch` sets it to the number torch picks
+by itself.
 
 Training time is read from the TensorBoard event files the runs write: from the first train/loss event (after
 step 0) to the last event (the last epoch's validation metrics and animation frame). It is the training loop
