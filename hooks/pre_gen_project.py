@@ -34,7 +34,7 @@ DEPENDENCIES = set(
 STDLIB = set(sys.stdlib_module_names) | {"test", "__hello__", "__phello__"}
 # `python train.py` puts the project root first on sys.path, so `import train` would find train.py, not the package;
 # the tests import conftest.py by that name, and the benchmark imports benchmarks/ as a namespace package.
-SCRIPTS = {"train", "train_torch", "conftest", "benchmarks"}
+SCRIPTS = {"train", "train_torch", "train_fabric", "conftest", "benchmarks"}
 # Names become directories and files (<package>.egg-info, the wheel's name, ...): well within a file name's 255 bytes.
 LONGEST = 100
 LICENSES = ("MIT", "BSD-3-Clause", "Apache-2.0", "none")
@@ -63,7 +63,10 @@ def package_problem(name: str) -> str | None:
     if name in DEPENDENCIES:
         return "would shadow the package of that name that the project imports"
     if name in SCRIPTS:
-        return "is taken by the project's own files (train.py, train_torch.py, tests/conftest.py, benchmarks/)"
+        return (
+            "is taken by the project's own files (train.py, train_torch.py, train_fabric.py, tests/conftest.py, "
+            "benchmarks/)"
+        )
     return None
 
 

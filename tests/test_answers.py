@@ -53,6 +53,7 @@ INVALID = [
     ("package_name=json", "package_name"),
     ("package_name=os", "package_name"),
     ("package_name=train", "package_name"),
+    ("package_name=train_fabric", "package_name"),
     ("package_name=test", "package_name"),  # the standard library's tests, which sys.stdlib_module_names leaves out
     ("package_name=google", "package_name"),  # protobuf's, which tensorboard imports
     ("package_name=conftest", "package_name"),

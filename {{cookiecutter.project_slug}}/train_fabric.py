@@ -87,7 +87,7 @@ def main(args: list[str] | None = None):
     logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=purge_step)
     plugins = trainer.plugins if isinstance(trainer.plugins, list) else [trainer.plugins]
     strategy, devices, num_nodes = trainer.strategy, trainer.devices, trainer.num_nodes
-    if launched_by_torchrun() and strategy == "auto":  # the processes torchrun started, as train_torch.py
+    if launched_by_torchrun() and strategy == "auto":  # the processes torchrun started
         strategy, devices = "ddp", int(os.environ["LOCAL_WORLD_SIZE"])
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
     fabric = Fabric(

@@ -107,16 +107,17 @@ def test_the_entry_points_with_no_flags_are_identical_for_all_100_epochs(tmp_pat
 
 
 def test_the_readmes_mixed_precision_and_accumulation_commands_write_equal_series(tmp_path):
-    """The two commands of the README's "Mixed precision and gradient accumulation", as written there, on a
+    """The three commands of the README's "Mixed precision and gradient accumulation", as written there, on a
     small spiral: equal event files."""
     readme = (ROOT / "README.md").read_text().splitlines()
     commands = [line.split() for line in readme if "--trainer.precision bf16-mixed" in line]
-    assert [command[:2] for command in commands] == [["python", "train.py"], ["python", "train_torch.py"]]
+    scripts = [["python", f"{script}.py"] for script in ("train", "train_torch", "train_fabric")]
+    assert [command[:2] for command in commands] == scripts
     for _, script, *args in commands:
         result = run(script, *args, *SMALL, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    lightning, plain = (event_scalars(tmp_path / "logs" / side / "version_0") for side in ("lightning", "torch"))
-    assert lightning == plain and set(TAGS) <= set(plain)
+    lightning, plain, fabric = (event_scalars(tmp_path / "logs" / side / "version_0") for side in SIDES)
+    assert lightning == plain == fabric and set(TAGS) <= set(plain)
     assert len(plain["train/loss"]) == 3 * 2  # 3 epochs of 6 batches, windows of 3
 
 

@@ -6,7 +6,8 @@ Each line's comment names the Lightning hook or Trainer argument that does its w
 defaults (32-bit, accumulate_grad_batches=1) the precision and accumulation lines change no number:
 autocast and the GradScaler are off, N is 1, and every batch ends in a step. `run` does
 what the Trainer does around the loop: DDP, resuming, logging, checkpoints and stops
-(machinery/plain_run.py). docs/side_by_side.md shows this file beside module.py, row by row.
+(machinery/plain_run.py). docs/side_by_side.md shows this file beside loop_fabric.py and module.py,
+row by row.
 """
 
 import torch

@@ -41,7 +41,8 @@ class FabricRun(PlainRun):
         objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "data": data}
         if not self.resume["scaler"]:  # a checkpoint of a run without a GradScaler: a new one, as in the others
             del objects["scaler"]
-        rest = self.fabric.load(self.resume_path, {**objects, "loader": loader}, weights_only=True)
+        # `resume` is the same file, read with weights_only=True: it holds tensors and plain values alone.
+        rest = self.fabric.load(self.resume_path, {**objects, "loader": loader})
         set_rng_state(rest["rng"])
 
     def _log(self, tag: str, value: float, step: int) -> None:
