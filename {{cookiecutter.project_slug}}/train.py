@@ -40,7 +40,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary, switch_off_if_undrawable
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, features_in
 from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     CheckpointError,
     adopt_checkpoint,
@@ -68,6 +68,7 @@ def checkpoint_settings(saved: dict, fitting: bool, classes: int) -> dict[str, d
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.classes", "model.classes")
+        parser.link_arguments("data.path", "model.in_features", compute_fn=features_in)
         parser.add_lightning_class_args(DecisionBoundary, "boundary")
 
     def parse_arguments(self, parser, args) -> None:
@@ -79,7 +80,6 @@ class CLI(LightningCLI):
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
-        switch_off_if_undrawable(config)
         logger = config.trainer.logger
         if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
             logger = None  # another logger's directory is its own business
@@ -88,6 +88,7 @@ class CLI(LightningCLI):
             checkpoint, run = self.check_checkpoint(subcommand, config, logger)
         except CheckpointError as error:
             sys.exit(f"error: {error}")
+        switch_off_if_undrawable(config)  # after the checkpoint has given its data settings
         if logger is not None:
             self.log_into(logger, subcommand, checkpoint, run)
 
@@ -107,6 +108,7 @@ class CLI(LightningCLI):
             ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
             lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
         )
+        config.model.in_features = features_in(config.data.path)  # maybe the checkpoint's path
         # Refused here, before a run directory is made, not when the Trainer loads it.
         model = SpiralClassifier(**vars(config.model))
         check_shapes(checkpoint["state_dict"], model.state_dict(), config.ckpt_path)

@@ -29,7 +29,6 @@ if __name__ == "__main__":  # first: a Ctrl-C while the libraries load is one li
 
 import importlib
 import os
-import sys
 from pathlib import Path
 
 import lightning
@@ -38,18 +37,11 @@ from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop_fabric import fit
-from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError
 from {{ cookiecutter.package_name }}.machinery.cli import one_line_errors, quiet
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
-from {{ cookiecutter.package_name }}.machinery.plain_run import launched_by_torchrun, next_version
-from {{ cookiecutter.package_name }}.machinery.stopping import (
-    NonFiniteLossError,
-    StoppedBySignal,
-    StopRequest,
-)
-from train_torch import loop_settings, parse, resume_from
+from {{ cookiecutter.package_name }}.machinery.plain_run import launched_by_torchrun
+from train_torch import keep_config, loop_settings, parse, prepare, report, stopping
 
 STRATEGIES = ("auto", "ddp")  # what the Fabric loop computes as the Trainer does
 
@@ -73,14 +65,7 @@ def main(args: list[str] | None = None):
         refused = f"the Fabric loop runs one of {list(STRATEGIES)}"
         parser.error(f"trainer.strategy={trainer.strategy!r}: {refused}")
     root = Path(trainer.logger.init_args.save_dir) / "fabric"
-    try:
-        resume, log_dir = None, next_version(root)
-        if config.ckpt_path:
-            resume, log_dir = resume_from(parser, config, root)
-        data = SpiralDataModule(**config.data)
-        data.setup("fit")  # fails on a bad data file before anything is written
-    except (DataError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    resume, log_dir, data = prepare(parser, config, root)
     # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run
     # logs it anew.
     purge_step = resume and resume["step"]
@@ -102,51 +87,30 @@ def main(args: list[str] | None = None):
     fabric.launch()  # DDP: starts the other processes, each running this script up to here
     # Rank 0 alone logs and writes checkpoints; the others' log_dir (maybe another) is unused.
     if fabric.is_global_zero:
-        log_dir.mkdir(parents=True, exist_ok=resume is not None)
-        if not (log_dir / "config.yaml").exists():  # a resumed run keeps the one it started with
-            parser.save(config, log_dir / "config.yaml")
+        keep_config(parser, config, log_dir, resume)
     boundary = BoundaryAnimation(**config.boundary)
-    checkpoint = log_dir / "checkpoints" / "last.pt"
-    # Under DDP, a Ctrl-C stops every process at once, as under torchrun (train_torch.py).
-    stop = None if fabric.world_size > 1 else StopRequest()
-    if stop is not None:
-        previous = stop.listen()
-    else:
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_DFL)}
-    command = f"python train_fabric.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-    try:
+    with stopping("train_fabric.py", log_dir, distributed=fabric.world_size > 1) as stop:
         run = FabricRun(
             writer=logger.experiment,  # rank 0's SummaryWriter; on the others, a stand-in
             model_hparams=config.model.as_dict(),
             device=fabric.device,
             progress_bar=fabric.is_global_zero and trainer.enable_progress_bar is not False,
             boundary=boundary if fabric.is_global_zero else None,
-            checkpoint=checkpoint,  # fabric.save writes it from rank 0
+            checkpoint=log_dir / "checkpoints" / "last.pt",  # fabric.save writes it from rank 0
             resume=resume,
             stop=stop,
             fabric=fabric,
             resume_path=config.ckpt_path and Path(config.ckpt_path),
         )
-        model, optimizer, scheduler = fit(data, loop_settings(config), fabric, run)
-    except (NonFiniteLossError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
-    except StoppedBySignal as stopped:
-        where = f"step {stopped.step} (epoch {stopped.epoch})"
-        said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
-        print(said, file=sys.stderr)
-        sys.exit(128 + stopped.signal)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        logger.finalize("success")
+        try:
+            model, optimizer, scheduler = fit(data, loop_settings(config), fabric, run)
+        finally:
+            logger.finalize("success")  # closes the event file
     trained = model.module, optimizer, scheduler
     del model  # the DDP wrapper, before its process group: plain_run.py's process_group says why
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    if boundary.save(log_dir / "decision_boundary.gif"):
-        print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
-    if fabric.is_global_zero:
-        print(f"logs: {log_dir}")
+    report(boundary, log_dir, fabric.is_global_zero)
     return trained
 
 

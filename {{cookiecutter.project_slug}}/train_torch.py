@@ -31,7 +31,8 @@ if __name__ == "__main__":  # first: a Ctrl-C while the libraries load is one li
 
 import os
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation, switch_off_if_undrawable
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, features_in
 from {{ cookiecutter.package_name }}.loop import fit
 from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     CheckpointError,
@@ -94,6 +95,7 @@ def parse(args: list[str] | None = None, script: str = "train_torch.py", doc: st
     resume = "last.pt to go on from, or `last`."
     parser.add_argument("--ckpt_path", type=str | None, default=None, help=resume)
     parser.link_arguments("data.classes", "model.classes")
+    parser.link_arguments("data.path", "model.in_features", compute_fn=features_in)
     config = parser.parse_args(args)
     # The checkpoint keeps model.* and data.*, and torch.load(weights_only=True) refuses
     # jsonargparse's checked numbers (PositiveInt, ...) in it: plain ones from here on.
@@ -109,7 +111,6 @@ def parse(args: list[str] | None = None, script: str = "train_torch.py", doc: st
     problem = settings_problem(config)  # train.py refuses the same
     if problem is not None:
         parser.error(problem)
-    switch_off_if_undrawable(config)
     if trainer.accelerator not in DEVICES:
         refused = f"{loop} runs on one of {list(DEVICES)}"
         parser.error(f"trainer.accelerator={trainer.accelerator!r}: {refused}")
@@ -130,10 +131,33 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
         ("last.pt", keys, "the plain or the Fabric loop"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
+    config.model.in_features = features_in(config.data.path)  # maybe the checkpoint's path
     hp = config.model
-    model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)
+    model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)
     check_shapes(checkpoint["model"], model.state_dict(), config.ckpt_path)
     return checkpoint, run or next_version(root)
+
+
+def prepare(parser, config, root: Path) -> tuple[dict | None, Path, SpiralDataModule]:
+    """The checkpoint to resume (or None), the run directory and the data, set up; a bad
+    checkpoint or data file is one line, before anything is written."""
+    try:
+        resume, log_dir = None, next_version(root)
+        if config.ckpt_path:
+            resume, log_dir = resume_from(parser, config, root)
+        switch_off_if_undrawable(config)  # after the checkpoint has given its data settings
+        data = SpiralDataModule(**config.data)
+        data.setup("fit")
+    except (DataError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    return resume, log_dir, data
+
+
+def keep_config(parser, config, log_dir: Path, resume: dict | None) -> None:
+    """The run directory and its config.yaml; a resumed run keeps the one it started with."""
+    log_dir.mkdir(parents=True, exist_ok=resume is not None)
+    if not (log_dir / "config.yaml").exists():
+        parser.save(config, log_dir / "config.yaml")
 
 
 def loop_settings(config: Namespace) -> Namespace:
@@ -148,37 +172,55 @@ def loop_settings(config: Namespace) -> Namespace:
     )
 
 
-def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
-    """Train as configured; return the model, optimizer and scheduler as they end."""
-    parser, config = parse(args)
-    root = Path(config.trainer.logger.init_args.save_dir) / "torch"
-    try:
-        resume, log_dir = None, next_version(root)
-        if config.ckpt_path:
-            resume, log_dir = resume_from(parser, config, root)
-        data = SpiralDataModule(**config.data)
-        data.setup("fit")  # fails on a bad data file before anything is written
-    except (DataError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
-    # The only process, or torchrun's rank 0: it alone logs and writes checkpoints, as Lightning's
-    # loggers (rank_zero_only) and Trainer.save_checkpoint (strategy.is_global_zero) do.
-    lead = int(os.environ.get("RANK", 0)) == 0
-    if lead:
-        log_dir.mkdir(parents=True, exist_ok=resume is not None)
-        if not (log_dir / "config.yaml").exists():  # a resumed run keeps the one it started with
-            parser.save(config, log_dir / "config.yaml")
-    boundary = BoundaryAnimation(**config.boundary)
-    checkpoint = log_dir / "checkpoints" / "last.pt"
-    # Under torchrun, a Ctrl-C stops every process at once: SIGINT's default action, which
-    # also ends one waiting in a collective for one gone. It goes on from the last checkpoint.
-    stop = None if launched_by_torchrun() else StopRequest()
+@contextmanager
+def stopping(script: str, log_dir: Path, distributed: bool) -> Iterator[StopRequest | None]:
+    """Around the training: Ctrl-C and SIGTERM noted, to stop after the batch; what ends the run
+    early said in one line, with the command that resumes it after a signal.
+
+    Distributed, a Ctrl-C stops every process at once: SIGINT's default action, which also ends one
+    waiting in a collective for one gone. It goes on from the last checkpoint."""
+    stop = None if distributed else StopRequest()
     if stop is not None:
         previous = stop.listen()
     else:
         previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_DFL)}
-    command = f"python train_torch.py --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-    hp = loop_settings(config)
+    checkpoint = log_dir / "checkpoints" / "last.pt"
     try:
+        yield stop
+    # CheckpointError: a mid-epoch checkpoint under DDP.
+    except (NonFiniteLossError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    except StoppedBySignal as stopped:
+        command = f"python {script} --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
+        where = f"step {stopped.step} (epoch {stopped.epoch})"
+        said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
+        print(said, file=sys.stderr)
+        sys.exit(128 + stopped.signal)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def report(boundary: BoundaryAnimation, log_dir: Path, lead: bool) -> None:
+    """The animation's file, from the process that drew it, and where the logs are."""
+    if boundary.save(log_dir / "decision_boundary.gif"):
+        print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
+    if lead:
+        print(f"logs: {log_dir}")
+
+
+def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+    """Train as configured; return the model, optimizer and scheduler as they end."""
+    parser, config = parse(args)
+    root = Path(config.trainer.logger.init_args.save_dir) / "torch"
+    resume, log_dir, data = prepare(parser, config, root)
+    # The only process, or torchrun's rank 0: it alone logs and writes checkpoints, as Lightning's
+    # loggers (rank_zero_only) and Trainer.save_checkpoint (strategy.is_global_zero) do.
+    lead = int(os.environ.get("RANK", 0)) == 0
+    if lead:
+        keep_config(parser, config, log_dir, resume)
+    boundary = BoundaryAnimation(**config.boundary)
+    with stopping("train_torch.py", log_dir, distributed=launched_by_torchrun()) as stop:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this
         # run logs it anew.
         writing = nullcontext(NoWriter())
@@ -191,26 +233,12 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
                 device=device,
                 progress_bar=lead and config.trainer.enable_progress_bar is not False,
                 boundary=boundary if lead else None,
-                checkpoint=checkpoint if lead else None,
+                checkpoint=log_dir / "checkpoints" / "last.pt" if lead else None,
                 resume=resume,
                 stop=stop,
             )
-            trained = fit(data, hp, run)
-    # CheckpointError: a mid-epoch checkpoint under torchrun.
-    except (NonFiniteLossError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
-    except StoppedBySignal as stopped:
-        where = f"step {stopped.step} (epoch {stopped.epoch})"
-        said = f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}"
-        print(said, file=sys.stderr)
-        sys.exit(128 + stopped.signal)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if boundary.save(log_dir / "decision_boundary.gif"):
-        print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
-    if lead:
-        print(f"logs: {log_dir}")
+            trained = fit(data, loop_settings(config), run)
+    report(boundary, log_dir, lead)
     return trained
 
 

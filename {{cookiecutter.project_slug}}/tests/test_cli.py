@@ -195,6 +195,30 @@ def test_the_plain_loop_writes_the_same_tags_and_values(fitted, tmp_path):
         assert plain[tag] == lightning[tag], tag
 
 
+def test_the_readmes_own_data_commands_work_as_written_on_points_of_5_features(tmp_path):
+    """The commands of the README's "Your own data", in its order, on a my.csv of 5 features and 5 classes: the three
+    fits write equal series, say in one line that the animation is off, and predict writes every point's row."""
+    readme = (ROOT / "README.md").read_text().split("## Your own data")[1].split("\n## ")[0]
+    block = readme.split("```bash\n")[1].split("```")[0]
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("python ")]
+    assert [command[1] for command in commands] == ["train.py", "train_torch.py", "train_fabric.py", "train.py"]
+    generator = torch.Generator().manual_seed(3)
+    X, y = torch.randn(300, 5, generator=generator), torch.arange(300) % 5
+    X[:, 0] += y  # something to learn
+    lines = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
+    (tmp_path / "my.csv").write_text("\n".join(lines) + "\n")
+    for _, script, *args in commands:
+        result = succeeded(run(script, *args, *QUIET, cwd=tmp_path))
+        if "fit" in args or script != "train.py":
+            assert "decision boundary: off, the points have 5 features" in result.stderr
+    scalars = [event_scalars(tmp_path / "logs" / side / "version_0") for side in ("lightning", "torch", "fabric")]
+    assert scalars[0] == scalars[1] == scalars[2] and len(scalars[0]["val/acc"]) == 100
+    with (tmp_path / "logs" / "lightning" / "version_0" / "predictions.csv").open(newline="") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == [*(f"x{i}" for i in range(1, 6)), "label", *(f"p{k}" for k in range(5)), "predicted"]
+    assert [[float(cell) for cell in row[:5]] for row in rows] == X.tolist()  # every point, in the file's order
+
+
 # --- bad input: refused before training, by name, with nothing written under logs/ ---
 
 BAD_FILES = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, load_csv, make_spiral
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, features_in, load_csv, make_spiral
 
 
 def prepared(**kwargs) -> SpiralDataModule:
@@ -221,6 +221,23 @@ def test_csv_loads(tmp_path, name):
     assert_loads_points(write(tmp_path, GOOD_FILES[name]))
 
 
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_a_csv_of_any_number_of_features_loads_and_says_how_many(tmp_path, n):
+    rows = [[float(i * n + j) / 8 for j in range(n)] + [i % 3] for i in range(10)]
+    header = ",".join([*(f"f{j}" for j in range(n)), "class"])
+    path = write(tmp_path, "\n".join([header, *(",".join(map(str, row[:-1])) + f",{row[-1]}" for row in rows)]))
+    X, y = load_csv(path, classes=3)
+    assert X.shape == (10, n) and torch.equal(X, torch.tensor([row[:-1] for row in rows], dtype=torch.float32))
+    assert y.tolist() == [row[-1] for row in rows]
+    assert features_in(str(path)) == n
+
+
+def test_features_in_counts_the_spirals_2_and_a_file_it_cannot_read_as_2(tmp_path):
+    """A missing file: setup() names it; the link to model.in_features must not fail first."""
+    assert features_in(None) == 2 and features_in(str(tmp_path / "missing.csv")) == 2
+    assert features_in(str(write(tmp_path, "\n\n  \n0.5,1,2,3,1\n"))) == 4  # blank lines first
+
+
 def test_csv_from_a_spreadsheet_keeps_its_first_point(tmp_path):
     """Excel's 'CSV UTF-8' starts with a byte-order mark: the first row must not be taken for a header."""
     assert_loads_points(write(tmp_path, body(), encoding="utf-8-sig"))
@@ -248,7 +265,7 @@ BAD_FILES = {
     # name: (file text, line named, what the message says)
     "two columns": (body() + "1.0,2.0\n", 6, "expected 3 columns x1,x2,label, found 2"),
     "four columns": ("x1,x2,label\n" + body() + "1,2,0,7\n", 7, "expected 3 columns x1,x2,label, found 4"),
-    "a header with two columns": ("x1,x2\n" + body(), 1, "expected 3 columns"),
+    "a header with two columns": ("x1,x2\n" + body(), 2, "expected 2 columns x1,label, found 3 columns"),
     "a non-numeric coordinate": (body() + "0.5,abc,1\n", 6, "expected numbers x1,x2 and an integer label"),
     "a non-integer label": (body() + "0.5,0.5,1.5\n", 6, "expected numbers x1,x2 and an integer label"),
     "an empty cell": (body() + "0.5,,1\n", 6, "expected numbers x1,x2 and an integer label"),
@@ -262,7 +279,8 @@ BAD_FILES = {
     "beyond float32": (body() + "0.5,1e39,1\n", 6, "coordinates must be finite in float32"),
     "a field beyond csv's limit": (body() + '"' + "1" * 200_000 + '",0.5,1\n', 6, "field larger than field limit"),
     "undecodable bytes": (body().encode() + b"0.5,\xff\xfe,1\n", 6, "expected numbers"),
-    "a semicolon file": (body().replace(",", ";"), 1, "expected 3 columns x1,x2,label, found 1"),
+    "a semicolon file": (body().replace(",", ";"), 1, "expected a feature and a label, found 1 column"),
+    "five features, then four": ("1,2,3,4,5,0\n1,2,3,4,1\n", 2, "expected 6 columns x1,...,x5,label, found 5"),
 }
 
 

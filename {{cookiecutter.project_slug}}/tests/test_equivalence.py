@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import train_fabric
 import train_torch
 from {{ cookiecutter.package_name }} import loop, loop_fabric
+from {{ cookiecutter.package_name }} import model as model_py
+from {{ cookiecutter.package_name }} import module as lightning_module
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
 from conftest import (
@@ -121,14 +124,22 @@ def test_the_readmes_mixed_precision_and_accumulation_commands_write_equal_serie
     assert len(plain["train/loss"]) == 3 * 2  # 3 epochs of 6 batches, windows of 3
 
 
-@pytest.fixture(scope="module")
-def spiral_csv(tmp_path_factory) -> Path:
-    """A user's file: a four-armed spiral, with a header."""
-    X, y = make_spiral(150, 4, 0.1, torch.Generator().manual_seed(7))
-    path = tmp_path_factory.mktemp("data") / "points.csv"
-    rows = [f"{x1!r},{x2!r},{label}" for (x1, x2), label in zip(X.tolist(), y.tolist(), strict=True)]
-    path.write_text("\n".join(["x1,x2,label", *rows]) + "\n")
+def write_csv(path: Path, X: torch.Tensor, y: torch.Tensor) -> Path:
+    """X's rows and their labels, one point a line, with a header."""
+    header = ",".join([*(f"x{i}" for i in range(1, X.shape[1] + 1)), "label"])
+    rows = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
+    path.write_text("\n".join([header, *rows]) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def csv_files(tmp_path_factory) -> dict[str, Path]:
+    """A user's files: a four-armed spiral; and points of 5 features, the spiral's 2 and 3 more made from them."""
+    directory = tmp_path_factory.mktemp("data")
+    X, y = make_spiral(150, 4, 0.1, torch.Generator().manual_seed(7))
+    X5, y5 = make_spiral(200, 3, 0.2, torch.Generator().manual_seed(8))
+    X5 = torch.cat([X5, X5[:, :1] * X5[:, 1:], X5.sin()], dim=1)
+    return {"csv": write_csv(directory / "points.csv", X, y), "csv5": write_csv(directory / "five.csv", X5, y5)}
 
 
 VARIATIONS = {
@@ -138,6 +149,7 @@ VARIATIONS = {
     "no partial last batch": ["--data.batch_size=60"],
     "another seed": ["--seed_everything=1", "--data.seed=1"],
     "a CSV file": ["--data.path={csv}", "--data.classes=4"],
+    "a CSV of 5 features": ["--data.path={csv5}", "--data.classes=3"],
     "clipping at 0.05": ["--trainer.gradient_clip_val=0.05"],
     "no clipping": ["--trainer.gradient_clip_val=null"],
     "bf16-mixed, with dropout": ["--trainer.precision=bf16-mixed", "--model.dropout=0.3"],
@@ -152,10 +164,63 @@ VARIATIONS = {
 
 
 @pytest.mark.parametrize("name", VARIATIONS)
-def test_variations_stay_identical(name, tmp_path, written, spiral_csv):
-    flags = [flag.format(csv=spiral_csv) for flag in VARIATIONS[name]]
+def test_variations_stay_identical(name, tmp_path, written, csv_files):
+    flags = [flag.format(**csv_files) for flag in VARIATIONS[name]]
     runs = train(tmp_path, written, *SMALL, *flags)
     assert mismatches(runs, written, tmp_path) == []
+
+
+def test_points_of_5_features_train_a_model_of_5_inputs_in_each_loop(tmp_path, written, csv_files):
+    """data.path decides model.in_features in all three; a checkpoint keeps it."""
+    runs = train(tmp_path, written, "--trainer.max_epochs=1", f"--data.path={csv_files['csv5']}")
+    assert runs["lightning"].model.hparams.in_features == 5
+    for side, result in runs.items():
+        assert trained_states(side, result)[0]["net.0.weight"].shape == (128, 5), side
+    assert final_state("fabric", tmp_path / "fabric" / "version_0")["model"]["net.0.weight"].shape == (128, 5)
+
+
+class BatchNormMLP(nn.Module):
+    """A model of your own in model.py: MLP's signature, a BatchNorm after the first layer, whose running mean and
+    variance are buffers that training updates and validation uses."""
+
+    def __init__(self, in_features: int = 2, hidden: int = 128, out_features: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, out_features),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.fixture
+def batchnorm_model(monkeypatch) -> None:
+    """BatchNormMLP where each loop, and the checkpoint check, builds its MLP; and in model.py, for a loop made
+    anew from its source (broken_fit)."""
+    for builds in (model_py, loop, loop_fabric, lightning_module, train_torch):
+        monkeypatch.setattr(builds, "MLP", BatchNormMLP)
+
+
+@pytest.mark.parametrize("name", ["dropout", "bf16-mixed, accumulating 4, dropout", "validation in several batches"])
+def test_a_model_with_batchnorm_stays_identical_buffers_included(name, tmp_path, written, batchnorm_model):
+    runs = train(tmp_path, written, *SMALL, *VARIATIONS[name])
+    assert mismatches(runs, written, tmp_path) == []  # the state_dicts hold the buffers
+    weights = trained_states("torch", runs["torch"])[0]
+    assert weights["net.1.num_batches_tracked"] == 3 * 6  # every training batch, not a validation one
+    assert not torch.equal(weights["net.1.running_mean"], torch.zeros(128))
+
+
+def test_with_batchnorm_the_train_and_eval_modes_decide_the_numbers(tmp_path, written, batchnorm_model, monkeypatch):
+    """No dropout: left out, `model.train()` leaves BatchNorm in eval mode after the first validation, normalising
+    with its running statistics and updating them no more, as the hook map's row says."""
+    monkeypatch.setattr(train_torch, "fit", broken_fit(moved("model.train()", None)))
+    runs = train(tmp_path, written, *SMALL, sides=("lightning", "torch"))
+    assert "lightning train/loss" in mismatches(runs, written, tmp_path)
+    assert trained_states("torch", runs["torch"])[0]["net.1.num_batches_tracked"] == 6  # the first epoch's alone
 
 
 def test_fp16_with_its_grad_scaler_accumulating_with_clipping_stays_identical(tmp_path, written, monkeypatch):
@@ -262,11 +327,12 @@ def test_a_single_broken_line_of_the_fabric_loop_is_caught(name, tmp_path, writt
     assert "fabric train/loss" in mismatches(runs, written, tmp_path)
 
 
-def test_variations_change_the_run(tmp_path, written, spiral_csv):
+def test_variations_change_the_run(tmp_path, written, csv_files):
     """Each variation that should change the numbers does, so none of them passes by doing nothing."""
     losses = {}
-    for name in ["base", "dropout", "no partial last batch", "another seed", "a CSV file", "clipping at 0.05"]:
-        flags = [flag.format(csv=spiral_csv) for flag in VARIATIONS.get(name, [])]
+    names = ["base", "dropout", "no partial last batch", "another seed", "a CSV file", "a CSV of 5 features"]
+    for name in [*names, "clipping at 0.05"]:
+        flags = [flag.format(**csv_files) for flag in VARIATIONS.get(name, [])]
         run_dir = tmp_path / name.replace(" ", "_")
         fit("torch", [*QUIET, f"--trainer.logger.init_args.save_dir={run_dir}", *SMALL, *flags])
         losses[name] = [value for _, value in written["torch"].pop("train/loss")]

@@ -83,11 +83,18 @@ def gif_palette() -> Image.Image:
 
 
 def switch_off_if_undrawable(config) -> None:
-    """Both entry points, before training: more classes than colours, and the animation is off, said in one line."""
-    if config.boundary.every_n_epochs and config.data.classes > len(PALETTE):
+    """The entry points, before training: for points of other than 2 features, or more classes than colours, the
+    animation is off, said in one line."""
+    if not config.boundary.every_n_epochs:
+        return
+    if config.model.in_features != 2:
+        reason = f"the points have {config.model.in_features} features, and it draws the plane of 2"
+    elif config.data.classes > len(PALETTE):
         reason = f"{config.data.classes} classes are more than the {len(PALETTE)} colours it tells apart"
-        print(f"decision boundary: off, {reason}", file=sys.stderr)
-        config.boundary.every_n_epochs = 0
+    else:
+        return
+    print(f"decision boundary: off, {reason}", file=sys.stderr)
+    config.boundary.every_n_epochs = 0
 
 
 class BoundaryAnimation:

@@ -4,7 +4,8 @@
     data.setup("fit")
     X_batch, y_batch = next(iter(data.train_dataloader()))  # (64, 2) float32, (64,) int64
 
-A CSV for `path` has one point per line, `x1,x2,label`, labels 0..classes-1; a header line is allowed.
+A CSV for `path` has one point per line, `x1,...,xn,label`: any number n of features, the same on every line,
+then a label in 0..classes-1; a header line is allowed. The model's in_features is n (`features_in`).
 """
 
 import csv
@@ -37,7 +38,8 @@ def make_spiral(points_per_class: int, classes: int, noise: float, generator: to
 
 
 def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
-    """Read `x1,x2,label` rows; raise DataError naming the file and line of the first bad row."""
+    """Read `x1,...,xn,label` rows: X (N, n) float32, y (N,) int64; raise DataError naming the file and line of
+    the first bad row."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if not path.is_file():
@@ -54,30 +56,51 @@ def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
         raise DataError(f"{path}: {error.strerror}") from None
 
 
+def features(columns: int) -> str:
+    """The names of a row's features: x1,x2 for 3 columns, x1,...,x9 for 10."""
+    n = columns - 1
+    return ",".join(f"x{i}" for i in range(1, n + 1)) if n <= 3 else f"x1,...,x{n}"
+
+
 def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
     points, labels = [], []
-    header_allowed = True  # on the first row that is not blank
+    columns = None  # set by the first row that is not blank, a header or a point
     for line, row in enumerate(rows, start=1):
         if not row or all(not cell.strip() for cell in row):
             continue
-        is_first, header_allowed = header_allowed, False
-        if len(row) != 3:
-            raise DataError(f"{path}:{line}: expected 3 columns x1,x2,label, found {len(row)}")
+        is_first, columns = columns is None, columns or len(row)
+        if len(row) != columns or columns < 2:
+            expected = f"{columns} columns {features(columns)},label" if columns >= 2 else "a feature and a label"
+            raise DataError(f"{path}:{line}: expected {expected}, found {len(row)} column{'s' * (len(row) != 1)}")
         try:
-            x1, x2, label = float(row[0]), float(row[1]), int(row[2])
+            x, label = [float(cell) for cell in row[:-1]], int(row[-1])
         except ValueError:
             if is_first:
                 continue  # a header
-            raise DataError(f"{path}:{line}: expected numbers x1,x2 and an integer label, found {row}") from None
-        if not (abs(x1) <= FLOAT32_MAX and abs(x2) <= FLOAT32_MAX):  # beyond it, inf in the float32 tensor
-            raise DataError(f"{path}:{line}: coordinates must be finite in float32, found {row[0]},{row[1]}")
+            names = features(columns)
+            raise DataError(f"{path}:{line}: expected numbers {names} and an integer label, found {row}") from None
+        if not all(abs(value) <= FLOAT32_MAX for value in x):  # beyond it, inf in the float32 tensor
+            raise DataError(f"{path}:{line}: coordinates must be finite in float32, found {','.join(row[:-1])}")
         if not 0 <= label < classes:
             raise DataError(f"{path}:{line}: label {label} is outside 0..{classes - 1} (data.classes={classes})")
-        points.append((x1, x2))
+        points.append(x)
         labels.append(label)
     if not points:
         raise DataError(f"{path}: no data rows")
     return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)
+
+
+def features_in(path: str | None) -> int:
+    """The number of features of the points at `path`, the spiral's 2 without one: the model's in_features,
+    which the entry points link to data.path. A file it cannot read counts 2; setup() then says what is wrong."""
+    if not path:
+        return 2
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig", errors="replace") as file:
+            row = next((row for row in csv.reader(file) if any(cell.strip() for cell in row)), [])
+    except (OSError, csv.Error):
+        return 2
+    return max(len(row) - 1, 1)
 
 
 class SpiralDataModule(L.LightningDataModule):
@@ -98,7 +121,7 @@ class SpiralDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            path: CSV of `x1,x2,label` rows to use instead of the spiral.
+            path: CSV of `x1,...,xn,label` rows (any number n of features) to use instead of the spiral.
             classes: Number of classes (spiral arms).
             points_per_class: Spiral points per class.
             noise: Standard deviation of the noise added to each point's angle.

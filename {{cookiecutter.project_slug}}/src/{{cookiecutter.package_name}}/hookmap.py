@@ -60,9 +60,9 @@ LOOP = (
         essay=False,
     ),
     Row(
-        "model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)",
+        "model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)",
         "`LightningModule.__init__`",
-        code="self.model = MLP(in_features=2, hidden=hidden, out_features=classes, dropout=dropout)",
+        code="self.model = MLP(in_features, hidden, classes, dropout)",
     ),
     Row(
         "model.to(device)",

@@ -36,7 +36,7 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     val_loader = data.val_dataloader()  # LightningDataModule.val_dataloader
 
     # --- model, loss, metrics: LightningModule.__init__ ---
-    model = MLP(in_features=2, hidden=hp.hidden, out_features=hp.classes, dropout=hp.dropout)
+    model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)
     model.to(device)  # the Trainer, before configure_optimizers
     criterion = nn.CrossEntropyLoss()
     val_loss = MeanMetric(nan_strategy="disable").to(device)  # weighted by batch size; NaN stays

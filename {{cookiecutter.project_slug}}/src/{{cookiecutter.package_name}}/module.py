@@ -21,7 +21,7 @@ from {{ cookiecutter.package_name }}.machinery.checkpoints import ExactResume
 from {{ cookiecutter.package_name }}.model import MLP
 
 Probability = restricted_number_type("Probability", float, [(">=", 0), ("<", 1)])
-Batch = tuple[Tensor, Tensor]  # (X, y): (batch, 2) float32 points, (batch,) int64 labels
+Batch = tuple[Tensor, Tensor]  # (X, y): (batch, in_features) float32 points, (batch,) int64 labels
 
 
 # ExactResume (machinery/checkpoints.py): checkpoints keep the RNG state; other shapes are refused.
@@ -32,6 +32,7 @@ class SpiralClassifier(ExactResume, L.LightningModule):
         dropout: Probability = 0.0,
         lr: PositiveFloat = 1e-3,
         classes: PositiveInt = 3,
+        in_features: PositiveInt = 2,
     ):
         """
         Args:
@@ -39,12 +40,13 @@ class SpiralClassifier(ExactResume, L.LightningModule):
             dropout: Dropout probability after each hidden layer, in [0, 1).
             lr: Adam's learning rate; cosine annealing takes it to 0 over trainer.max_epochs.
             classes: Number of classes (train.py links it to data.classes).
+            in_features: Features per point (train.py links it to data.path: the CSV's, or 2).
         """
         super().__init__()
         self.save_hyperparameters()
-        self.model = MLP(in_features=2, hidden=hidden, out_features=classes, dropout=dropout)
+        self.model = MLP(in_features, hidden, classes, dropout)
         self.criterion = nn.CrossEntropyLoss()
-        self.example_input_array = torch.zeros(1, 2)  # the model summary's sizes and FLOPs
+        self.example_input_array = torch.zeros(1, in_features)  # the model summary's sizes, FLOPs
         # Epoch metrics, as in loop.py: loss weighted by batch size, accuracy over all points.
         self.val_loss = MeanMetric(nan_strategy="disable")  # NaN stays NaN: StopOnNonFiniteLoss
         self.val_acc = MulticlassAccuracy(classes, average="micro")

@@ -8,20 +8,21 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class PredictionWriter(BasePredictionWriter):
-    """One row per point: x1, x2, label, the probability of each class, and the predicted class."""
+    """One row per point: its features x1, ..., xn, its label, the probability of each class, the predicted class."""
 
     def __init__(self, filename: str = "predictions.csv"):
         super().__init__(write_interval="epoch")
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        points = trainer.predict_dataloaders.dataset.tensors
+        X, y = trainer.predict_dataloaders.dataset.tensors
         probabilities = torch.cat(predictions)
         path = Path(trainer.log_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(["x1", "x2", "label", *(f"p{k}" for k in range(probabilities.shape[1])), "predicted"])
-            for (x1, x2), label, p in zip(points[0].tolist(), points[1].tolist(), probabilities.tolist(), strict=True):
-                writer.writerow([x1, x2, label, *p, max(range(len(p)), key=p.__getitem__)])
+            features = [f"x{i}" for i in range(1, X.shape[1] + 1)]
+            writer.writerow([*features, "label", *(f"p{k}" for k in range(probabilities.shape[1])), "predicted"])
+            for x, label, p in zip(X.tolist(), y.tolist(), probabilities.tolist(), strict=True):
+                writer.writerow([*x, label, *p, max(range(len(p)), key=p.__getitem__)])
         print(f"predictions: {path}")

@@ -169,8 +169,9 @@ def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, A
     return checkpoint
 
 
-# Settings a checkpoint does not decide: how the data is loaded, and model.classes, which data.classes sets.
-NOT_ADOPTED = {"model": ("classes",), "data": ("num_workers", "pin_memory"), "trainer": ()}
+# Settings a checkpoint does not decide: how the data is loaded, and model.classes and model.in_features, which
+# data.classes and data.path set (the callers link model.in_features anew).
+NOT_ADOPTED = {"model": ("classes", "in_features"), "data": ("num_workers", "pin_memory"), "trainer": ()}
 
 
 def adopt_checkpoint(
