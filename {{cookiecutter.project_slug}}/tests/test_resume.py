@@ -241,6 +241,22 @@ def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path,
     assert mismatches(final(tmp_path, side), expected) == []
 
 
+@pytest.mark.parametrize("side", SIDES)
+def test_ckpt_path_last_alone_goes_on_with_the_runs_csv_of_5_features(side, tmp_path, monkeypatch, capsys, reference):
+    """data.path comes from the checkpoint, and with it model.in_features, 5: the model is built to take it."""
+    generator = torch.Generator().manual_seed(5)
+    X, y = torch.randn(300, 5, generator=generator), torch.arange(300) % 3
+    lines = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
+    path = tmp_path / "five.csv"
+    path.write_text("\n".join(lines) + "\n")
+    args = [*TINY, f"--data.path={path}"]
+    expected = reference(side, args)
+    monkeypatch.chdir(tmp_path)
+    interrupted(side, args, signal.SIGINT, 7, capsys)
+    fit(side, [*QUIET, "--boundary.every_n_epochs=0", "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, side), expected) == []
+
+
 def test_a_resumed_run_is_shown_with_its_own_version(tmp_path, monkeypatch, capsys):
     """The progress bar's v_num, from the logger's version: the interrupted run's number, not a new one."""
     monkeypatch.chdir(tmp_path)
