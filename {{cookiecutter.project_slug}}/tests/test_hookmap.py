@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.fabric import Fabric
+from lightning.fabric.wrappers import _FabricModule, _FabricOptimizer
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -21,6 +23,7 @@ import train
 from {{ cookiecutter.package_name }} import data, loop, loop_fabric, module
 from {{ cookiecutter.package_name }}.hookmap import (
     COMMUTING,
+    FABRIC_CALLS,
     LOOP,
     MACHINERY,
     ROWS,
@@ -62,6 +65,19 @@ class Recorder:
     def take(self) -> list[tuple[str, str | None]]:
         events, self.events = self.events, []
         return events
+
+    def within(self, original, name: str):
+        """`original`, telling the recorder while it runs: events inside are recorded as in `name`."""
+
+        @functools.wraps(original)
+        def tracked(*args, **kwargs):
+            self.hooks.append(name)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.hooks.pop()
+
+        return tracked
 
 
 @pytest.fixture
@@ -107,6 +123,15 @@ def recorder(monkeypatch):
     record_calls(torch.optim.lr_scheduler.LRScheduler, "step", "scheduler.step")
     record_scaler("unscale_")
     record_scaler("update")
+    # The Fabric loop's calls, named as its lines are; the Trainer calls none of them.
+    fabric_calls = (
+        (_FabricModule, "forward"),
+        (Fabric, "backward"),
+        (Fabric, "clip_gradients"),
+        (_FabricOptimizer, "step"),
+    )
+    for (owner, name), call in zip(fabric_calls, FABRIC_CALLS, strict=True):
+        monkeypatch.setattr(owner, name, recorder.within(getattr(owner, name), call))
     handles = [
         register_module_forward_pre_hook(record_forward),
         register_optimizer_step_post_hook(lambda *_: recorder.record("optimizer.step")),
@@ -118,21 +143,8 @@ def recorder(monkeypatch):
 
 def in_hooks(recorder: Recorder) -> type[SpiralClassifier]:
     """SpiralClassifier whose hooks tell the recorder when they run."""
-
-    def tracked(name: str):
-        original = getattr(SpiralClassifier, name)
-
-        @functools.wraps(original)
-        def hook(self, *args, **kwargs):
-            recorder.hooks.append(name)
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                recorder.hooks.pop()
-
-        return hook
-
-    return type("TrackedSpiralClassifier", (SpiralClassifier,), {name: tracked(name) for name in HOOKS})
+    hooks = {name: recorder.within(getattr(SpiralClassifier, name), name) for name in HOOKS}
+    return type("TrackedSpiralClassifier", (SpiralClassifier,), hooks)
 
 
 def as_plain_loop(events: list[tuple[str, str | None]]) -> tuple[list[str], Counter]:
@@ -207,6 +219,19 @@ def test_every_lightning_event_runs_in_the_hook_the_table_names(recorder, monkey
     cleared = {("model.zero_grad", None), ("model.zero_grad", "on_validation_model_zero_grad")}  # see COMMUTING
     beyond = seen - table - cleared
     assert not beyond, f"events in hooks the table does not name: {beyond}"
+
+
+def test_every_fabric_loop_event_runs_in_the_fabric_call_the_table_names(recorder, monkeypatch, tmp_path):
+    seen = set()
+    for name, settings in SETTINGS.items():
+        if name != "defaults":
+            allow_fp16_on_cpu(monkeypatch)
+        fp16 = FP16["fabric"] if name != "defaults" else []
+        fit("fabric", [f"--trainer.logger.init_args.save_dir={tmp_path / name}", *TINY, *settings, *fp16])
+        seen |= set(recorder.take())
+    table = {row.fabric_recorded for row in ROWS if row.fabric_recorded}
+    assert table <= seen, f"rows whose event never happened where the table says: {table - seen}"
+    assert seen - table == set(), "events in Fabric calls the table does not name"
 
 
 def statements(function) -> list[str]:

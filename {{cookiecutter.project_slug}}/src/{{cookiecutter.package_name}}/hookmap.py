@@ -26,6 +26,9 @@ class Row(NamedTuple):
     essay: bool = True  # one of the essay's lines, not one the project adds around them
     # The Fabric loop's lines (loop_fabric.py) for this one: None, the same line; a str, where Fabric does it.
     fabric: tuple[str, ...] | str | None = None
+    # What tests/test_hookmap.py records for it in a run of the Fabric loop: (event, the Fabric call it ran in,
+    # FABRIC_CALLS, or None outside them).
+    fabric_recorded: tuple[str, str | None] | None = None
 
 
 TRAIN_FORWARD = "forward(train, grad)"
@@ -34,6 +37,8 @@ VAL_FORWARD = "forward(eval, no_grad)"
 TRAIN_FP16 = "forward(train, grad, float16)"
 VAL_FP16 = "forward(eval, no_grad, float16)"
 SPAN = "plain_run.py"  # rows whose work the PlainRun call does: MACHINERY has its lines
+# The Fabric loop's calls whose insides tests/test_hookmap.py tells apart, by the names of loop_fabric.py's lines.
+FABRIC_CALLS = ("model(...)", "fabric.backward", "fabric.clip_gradients", "optimizer.step()")
 
 # Every line of loop.fit(), in order.
 LOOP = (
@@ -99,6 +104,7 @@ LOOP = (
         "it must wrap the optimizer it schedules",
         "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)",
         ("scheduler.step", "configure_optimizers"),
+        fabric_recorded=("scheduler.step", None),
     ),
     Row(
         "dtype = AUTOCAST.get(hp.precision)",
@@ -156,6 +162,7 @@ LOOP = (
         "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
         "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
         recorded=(TRAIN_FORWARD, "training_step"),
+        fabric_recorded=(TRAIN_FORWARD, "model(...)"),
     ),
     Row(
         "for batch_idx, (X_batch, y_batch) in enumerate(loader, first):",
@@ -185,6 +192,7 @@ LOOP = (
         "`optimizer_zero_grad`",
         "left out, gradients pile up over batches; between `backward` and `step`, it wipes this batch's gradients",
         recorded=("zero_grad", "optimizer_zero_grad"),
+        fabric_recorded=("zero_grad", None),
     ),
     Row(
         "with run.no_sync(not steps):",
@@ -196,6 +204,7 @@ LOOP = (
         "with autocast:",
         "the precision plugin's `train_step_context()`, around `training_step`",
         recorded=(TRAIN_FP16, "training_step"),
+        fabric_recorded=(TRAIN_FP16, "model(...)"),
         essay=False,
         fabric="in the model's forward",
     ),
@@ -204,6 +213,7 @@ LOOP = (
         "`training_step`",
         code="logits = self(X_batch)",
         recorded=(TRAIN_FORWARD, "training_step"),
+        fabric_recorded=(TRAIN_FORWARD, "model(...)"),
         fabric=("logits = model(X_batch)",),
     ),
     Row("loss = criterion(logits, y_batch)", "`training_step`", code="loss = self.criterion(logits, y_batch)"),
@@ -213,6 +223,7 @@ LOOP = (
         "without `/ N`, N times the gradient: Adam, which divides by its scale, sees it only through "
         "the clipping and its eps (pitfalls 11a)",
         recorded=("backward", "backward"),
+        fabric_recorded=("backward", "fabric.backward"),
         fabric=("fabric.backward(loss / N)",),
     ),
     Row(
@@ -227,6 +238,7 @@ LOOP = (
         "after the clipping, it clips the gradients times the loss scale: the step applies "
         "max_norm / 2¹⁶ (pitfalls 11d)",
         recorded=("scaler.unscale_", "optimizer_step"),
+        fabric_recorded=("scaler.unscale_", "fabric.clip_gradients"),
         essay=False,
         fabric="in `fabric.clip_gradients`, or else in `optimizer.step()`",
     ),
@@ -241,12 +253,14 @@ LOOP = (
         "`configure_gradient_clipping`",
         "before `backward` there is nothing to clip; after `step` it clips gradients already applied",
         recorded=("clip_grad_norm_", "configure_gradient_clipping"),
+        fabric_recorded=("clip_grad_norm_", "fabric.clip_gradients"),
         fabric=("fabric.clip_gradients(model, optimizer, max_norm=hp.gradient_clip_val, error_if_nonfinite=False)",),
     ),
     Row(
         "scaler.step(optimizer)",
         "`optimizer_step`; under `16-mixed`, `scaler.step` skips a step whose gradients hold an inf or NaN",
         recorded=("optimizer.step", "optimizer_step"),
+        fabric_recorded=("optimizer.step", "optimizer.step()"),
         fabric=("optimizer.step()",),
     ),
     Row(
@@ -254,6 +268,7 @@ LOOP = (
         "`MixedPrecision.optimizer_step`, after the step",
         "left out, not silent: the GradScaler raises at the next step (pitfalls 11e)",
         recorded=("scaler.update", "optimizer_step"),
+        fabric_recorded=("scaler.update", "optimizer.step()"),
         essay=False,
         fabric="in `optimizer.step()`",
     ),
@@ -270,18 +285,21 @@ LOOP = (
         "inside the batch loop, the learning rate decays len(loader) times per epoch instead of once",
         '"lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "train/lr"},',
         ("scheduler.step", "lr_scheduler_step"),
+        fabric_recorded=("scheduler.step", None),
     ),
     Row(
         "model.eval()",
         "the Trainer, before validation",
         "left out, dropout stays on during validation",
         recorded=(VAL_FORWARD, "validation_step"),
+        fabric_recorded=(VAL_FORWARD, "model(...)"),
     ),
     Row(
         "with torch.no_grad():",
         "the Trainer, around validation",
         "left out, every validation batch builds an autograd graph",
         recorded=(VAL_FORWARD, "validation_step"),
+        fabric_recorded=(VAL_FORWARD, "model(...)"),
     ),
     Row("for X_val, y_val in val_loader:", "the validation loop"),
     Row(
@@ -295,6 +313,7 @@ LOOP = (
         "the precision plugin's `val_step_context()`, around `validation_step`",
         "left out, `bf16-mixed` validates in float32: another `val/loss` than Lightning's",
         recorded=(VAL_FP16, "validation_step"),
+        fabric_recorded=(VAL_FP16, "model(...)"),
         essay=False,
         fabric="in the model's forward",
     ),
@@ -303,6 +322,7 @@ LOOP = (
         "`validation_step`",
         code="val_logits = self(X_val)",
         recorded=(VAL_FORWARD, "validation_step"),
+        fabric_recorded=(VAL_FORWARD, "model(...)"),
     ),
     Row(
         "val_loss.update(criterion(val_logits, y_val), weight=len(y_val))",

@@ -26,8 +26,8 @@ from {{ cookiecutter.package_name }}.model import MLP
 def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
     """Train an MLP on `data` with `hp` (loop.fit's) and `fabric`; return the model, optimizer and
     scheduler, as Fabric wraps them."""
-    fabric.seed_everything(hp.seed)  # Fabric: torch.manual_seed(hp.seed)
-    device = fabric.device  # Fabric: run.device
+    fabric.seed_everything(hp.seed)  # Fabric: torch.manual_seed(hp.seed); seed_everything
+    device = fabric.device  # Fabric: run.device; Trainer(accelerator=...)
 
     # --- data ---
     data.setup("fit")  # LightningDataModule.setup
@@ -65,7 +65,7 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
             with fabric.no_backward_sync(model, enabled=not steps):  # Fabric: run.no_sync(...)
                 logits = model(X_batch)  # training_step; in autocast: Fabric
                 loss = criterion(logits, y_batch)  # training_step
-                fabric.backward(loss / N)  # Fabric: scaler.scale(loss / N).backward()
+                fabric.backward(loss / N)  # Fabric: scaler.scale(loss / N).backward(); backward
             if steps:  # the fit loop: optimizer_step at a window's end
                 if hp.gradient_clip_val is not None:  # configure_gradient_clipping
                     fabric.clip_gradients(  # Fabric: scaler.unscale_, clip_grad_norm_
@@ -74,7 +74,7 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
                         max_norm=hp.gradient_clip_val,
                         error_if_nonfinite=False,  # as the Trainer: fp16's scaler skips such a step
                     )
-                optimizer.step()  # Fabric: scaler.step(optimizer), scaler.update()
+                optimizer.step()  # Fabric: scaler.step(optimizer), scaler.update(); optimizer_step
             run.batch_end(loss, epoch, steps)  # self.log("train/loss", loss); on_train_batch_end
         scheduler.step()  # lr_scheduler_step (interval "epoch")
 
