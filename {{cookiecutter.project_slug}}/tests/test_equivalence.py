@@ -235,6 +235,23 @@ def test_fp16_with_its_grad_scaler_accumulating_with_clipping_stays_identical(tm
     assert final_state("torch", tmp_path / "torch" / "version_0")["scaler"]["_growth_tracker"] > 0
 
 
+def test_fp16_steps_whose_gradients_overflow_are_skipped_alike(tmp_path, written, monkeypatch):
+    """A loss scale too large for float16: the first steps' gradients are inf, and each loop's GradScaler skips
+    those steps and halves its scale, alike in the three (the Fabric loop's clip_gradients told not to raise)."""
+    allow_fp16_on_cpu(monkeypatch)
+    init = torch.amp.GradScaler.__init__
+
+    def too_large(scaler, *args, **kwargs):
+        init(scaler, *args, **{**kwargs, "init_scale": 2.0**20})
+
+    monkeypatch.setattr(torch.amp.GradScaler, "__init__", too_large)
+    runs = train(tmp_path, written, *SMALL, own=FP16)
+    assert mismatches(runs, written, tmp_path) == []
+    scaler = final_state("torch", tmp_path / "torch" / "version_0")["scaler"]
+    skipped = 20 - round(math.log2(scaler["scale"]))  # one halving each; no growth within 2000 steps
+    assert 0 < skipped < 3 * 6 and scaler["_growth_tracker"] == 3 * 6 - skipped
+
+
 def test_the_small_runs_end_on_a_partial_batch():
     """So the base of VARIATIONS covers a last batch smaller than the rest, and "no partial" changes that."""
     data = SpiralDataModule(points_per_class=200)
