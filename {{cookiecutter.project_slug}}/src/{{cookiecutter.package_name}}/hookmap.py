@@ -502,8 +502,8 @@ The calls `run.distribute`, `run.start`, `run.epoch_start`, `run.no_sync`, `run.
 these lines (`src/{{ cookiecutter.package_name }}/machinery/plain_run.py`); but for `no_sync`, nothing in
 them changes a number the loop computes, and where each sits keeps a resumed or distributed run
 bit-identical. The Fabric loop's `run` is a `FabricRun` (`machinery/fabric_run.py`): the same calls,
-but that Fabric's own lines do the work of `run.distribute` and `run.no_sync`, `fabric.log` writes
-the scalars and `fabric.save` and `fabric.load` the checkpoints.
+except that Fabric's own lines do the work of `run.distribute` and `run.no_sync`; `fabric.log` writes
+the scalars, and `fabric.save` and `fabric.load` the checkpoints.
 
 {machinery}
 
