@@ -108,7 +108,6 @@ class CLI(LightningCLI):
             ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
             lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
         )
-        config.model.in_features = features_in(config.data.path)  # maybe the checkpoint's path
         # Refused here, before a run directory is made, not when the Trainer loads it.
         model = SpiralClassifier(**vars(config.model))
         check_shapes(checkpoint["state_dict"], model.state_dict(), config.ckpt_path)

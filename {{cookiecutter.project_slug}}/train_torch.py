@@ -131,7 +131,6 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
         ("last.pt", keys, "the plain or the Fabric loop"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
-    config.model.in_features = features_in(config.data.path)  # maybe the checkpoint's path
     hp = config.model
     model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)
     check_shapes(checkpoint["model"], model.state_dict(), config.ckpt_path)

@@ -9,8 +9,9 @@ then a label in 0..classes-1; a header line is allowed. The model's in_features 
 """
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import lightning as L
 import torch
@@ -45,15 +46,26 @@ def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     try:
-        # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first number; undecodable bytes
-        # become U+FFFD, so the row fails below with its line number instead of a UnicodeDecodeError.
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as file:
+        with open_points(path) as file:
             reader = csv.reader(file)
             return parse_rows(path, reader, classes)
     except csv.Error as error:  # a field longer than csv's limit, a NUL byte
         raise DataError(f"{path}:{reader.line_num}: {error}") from None
     except OSError as error:  # no permission to read it
         raise DataError(f"{path}: {error.strerror}") from None
+
+
+def open_points(path: Path) -> TextIO:
+    """The CSV at `path`, for csv.reader. utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first
+    number; undecodable bytes become U+FFFD, so the row fails with its line number instead of a UnicodeDecodeError."""
+    return path.open(newline="", encoding="utf-8-sig", errors="replace")
+
+
+def filled(rows) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of the rows that are not blank."""
+    for line, row in enumerate(rows, start=1):
+        if any(cell.strip() for cell in row):
+            yield line, row
 
 
 def features(columns: int) -> str:
@@ -65,9 +77,7 @@ def features(columns: int) -> str:
 def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
     points, labels = [], []
     columns = None  # set by the first row that is not blank, a header or a point
-    for line, row in enumerate(rows, start=1):
-        if not row or all(not cell.strip() for cell in row):
-            continue
+    for line, row in filled(rows):
         is_first, columns = columns is None, columns or len(row)
         if len(row) != columns or columns < 2:
             expected = f"{columns} columns {features(columns)},label" if columns >= 2 else "a feature and a label"
@@ -96,8 +106,8 @@ def features_in(path: str | None) -> int:
     if not path:
         return 2
     try:
-        with Path(path).open(newline="", encoding="utf-8-sig", errors="replace") as file:
-            row = next((row for row in csv.reader(file) if any(cell.strip() for cell in row)), [])
+        with open_points(Path(path)) as file:
+            _, row = next(filled(csv.reader(file)), (0, []))
     except (OSError, csv.Error):
         return 2
     return max(len(row) - 1, 1)

@@ -170,7 +170,7 @@ def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, A
 
 
 # Settings a checkpoint does not decide: how the data is loaded, and model.classes and model.in_features, which
-# data.classes and data.path set (the callers link model.in_features anew).
+# data.classes and data.path set.
 NOT_ADOPTED = {"model": ("classes", "in_features"), "data": ("num_workers", "pin_memory"), "trainer": ()}
 
 
@@ -205,7 +205,11 @@ def adopt_checkpoint(
                 conflicts.append(f"{section}.{key}={current!r} (the checkpoint's: {value!r})")
             else:
                 config[section][key] = value
+    # The links from data.* to model.*, anew: data.classes and data.path may be the checkpoint's.
+    from {{ cookiecutter.package_name }}.data import features_in  # here: data.py imports this module, by loaders.py
+
     config.model.classes = config.data.classes
+    config.model.in_features = features_in(config.data.path)
     run = run_directory(path, root)
     if conflicts:
         config_file = run / "config.yaml" if run is not None else None
