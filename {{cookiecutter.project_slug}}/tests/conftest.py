@@ -130,6 +130,14 @@ def shut_down_workers() -> None:
     gc.collect()
 
 
+def write_points(path: Path, X: torch.Tensor, y: torch.Tensor) -> Path:
+    """A user's CSV: a header, then each of X's rows and its label, `x1,...,xn,label`, the values exact."""
+    header = ",".join([*(f"x{i}" for i in range(1, X.shape[1] + 1)), "label"])
+    rows = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run's TensorBoard event files: tag -> [(step, value)]."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

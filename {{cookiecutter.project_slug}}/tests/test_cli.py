@@ -22,7 +22,7 @@ import train_torch
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import QUIET, ROOT, event_scalars, run
+from conftest import QUIET, ROOT, event_scalars, run, write_points
 
 # Where validate, test and predict of a checkpoint that is no run's of logs/lightning write.
 EVALUATIONS = Path("logs") / "lightning" / "evaluations"
@@ -205,8 +205,7 @@ def test_the_readmes_own_data_commands_work_as_written_on_points_of_5_features(t
     generator = torch.Generator().manual_seed(3)
     X, y = torch.randn(300, 5, generator=generator), torch.arange(300) % 5
     X[:, 0] += y  # something to learn
-    lines = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
-    (tmp_path / "my.csv").write_text("\n".join(lines) + "\n")
+    write_points(tmp_path / "my.csv", X, y)
     for _, script, *args in commands:
         result = succeeded(run(script, *args, *QUIET, cwd=tmp_path))
         if "fit" in args or script != "train.py":

@@ -34,6 +34,7 @@ from conftest import (
     fit,
     run,
     shut_down_workers,
+    write_points,
 )
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")
@@ -124,14 +125,6 @@ def test_the_readmes_mixed_precision_and_accumulation_commands_write_equal_serie
     assert len(plain["train/loss"]) == 3 * 2  # 3 epochs of 6 batches, windows of 3
 
 
-def write_csv(path: Path, X: torch.Tensor, y: torch.Tensor) -> Path:
-    """X's rows and their labels, one point a line, with a header."""
-    header = ",".join([*(f"x{i}" for i in range(1, X.shape[1] + 1)), "label"])
-    rows = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
-    path.write_text("\n".join([header, *rows]) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def csv_files(tmp_path_factory) -> dict[str, Path]:
     """A user's files: a four-armed spiral; and points of 5 features, the spiral's 2 and 3 more made from them."""
@@ -139,7 +132,7 @@ def csv_files(tmp_path_factory) -> dict[str, Path]:
     X, y = make_spiral(150, 4, 0.1, torch.Generator().manual_seed(7))
     X5, y5 = make_spiral(200, 3, 0.2, torch.Generator().manual_seed(8))
     X5 = torch.cat([X5, X5[:, :1] * X5[:, 1:], X5.sin()], dim=1)
-    return {"csv": write_csv(directory / "points.csv", X, y), "csv5": write_csv(directory / "five.csv", X5, y5)}
+    return {"csv": write_points(directory / "points.csv", X, y), "csv5": write_points(directory / "five.csv", X5, y5)}
 
 
 VARIATIONS = {

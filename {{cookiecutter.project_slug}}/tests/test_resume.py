@@ -34,6 +34,7 @@ from conftest import (
     event_scalars,
     fit,
     shut_down_workers,
+    write_points,
 )
 from conftest import TINY as TINY_RUN
 
@@ -246,9 +247,7 @@ def test_ckpt_path_last_alone_goes_on_with_the_runs_csv_of_5_features(side, tmp_
     """data.path comes from the checkpoint, and with it model.in_features, 5: the model is built to take it."""
     generator = torch.Generator().manual_seed(5)
     X, y = torch.randn(300, 5, generator=generator), torch.arange(300) % 3
-    lines = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
-    path = tmp_path / "five.csv"
-    path.write_text("\n".join(lines) + "\n")
+    path = write_points(tmp_path / "five.csv", X, y)
     args = [*TINY, f"--data.path={path}"]
     expected = reference(side, args)
     monkeypatch.chdir(tmp_path)
