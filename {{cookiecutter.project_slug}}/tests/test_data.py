@@ -1,17 +1,33 @@
 """The data: the spiral, its splits, the shuffle order, and CSV files (good ones load, bad ones are named by line)."""
 
+import contextlib
+import random
 import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, features_in, load_csv, make_spiral
+from {{ cookiecutter.package_name }}.data import (
+    DataError,
+    Points,
+    Spiral,
+    SpiralDataModule,
+    load_csv,
+    load_fast,
+    load_rows,
+    make_spiral,
+)
+from {{ cookiecutter.package_name }}.machinery import loaders
+
+SPIRAL = ("classes", "points_per_class", "noise")  # the Spiral's settings; the rest are the DataModule's
 
 
-def prepared(**kwargs) -> SpiralDataModule:
-    data = SpiralDataModule(**kwargs)
+def prepared(dataset=None, **kwargs) -> SpiralDataModule:
+    spiral = {key: kwargs.pop(key) for key in SPIRAL if key in kwargs}
+    data = SpiralDataModule(dataset or Spiral(**spiral), **kwargs)
     data.setup("fit")
     return data
 
@@ -68,7 +84,7 @@ def test_split_sizes_follow_the_fractions(points_per_class, val_fraction, test_f
 
 def test_splits_are_disjoint_and_cover_every_point():
     data = prepared(points_per_class=200)
-    everything = rows(data.all_points)
+    everything = rows(data.dataset)
     assert len(everything) == 600  # every point distinct, so the multiset sum below means "each exactly once"
     assert rows(data.train_set) + rows(data.val_set) + rows(data.test_set) == everything
     assert all(rows(data.train_set)[row] == 0 for row in rows(data.val_set) | rows(data.test_set))
@@ -167,17 +183,17 @@ def test_a_loader_goes_on_mid_epoch_only_from_a_checkpoint_taken_mid_epoch():
 @pytest.mark.parametrize("val_fraction, test_fraction", [(0.5, 0.5), (0.6, 0.5), (0.9, 0.1)])
 def test_fractions_leaving_no_training_points_are_refused(val_fraction, test_fraction):
     with pytest.raises(DataError, match=r"data\.val_fraction \+ data\.test_fraction must be < 1"):
-        SpiralDataModule(val_fraction=val_fraction, test_fraction=test_fraction)
+        SpiralDataModule(Spiral(), val_fraction=val_fraction, test_fraction=test_fraction)
 
 
 def test_persistent_workers_without_workers_are_refused():
     with pytest.raises(DataError, match=r"data\.persistent_workers needs data\.num_workers > 0"):
-        SpiralDataModule(persistent_workers=True, num_workers=0)
-    SpiralDataModule(persistent_workers=True, num_workers=1)
+        SpiralDataModule(Spiral(), persistent_workers=True, num_workers=0)
+    SpiralDataModule(Spiral(), persistent_workers=True, num_workers=1)
 
 
 def test_too_few_points_to_split_are_refused_in_prepare_data():
-    data = SpiralDataModule(points_per_class=1, classes=1)
+    data = SpiralDataModule(Spiral(points_per_class=1, classes=1))
     with pytest.raises(DataError, match="too few to split"):
         data.prepare_data()
 
@@ -221,6 +237,34 @@ def test_csv_loads(tmp_path, name):
     assert_loads_points(write(tmp_path, GOOD_FILES[name]))
 
 
+def bits(X: torch.Tensor) -> list[int]:
+    """float32 bit patterns: -0.0 is not 0.0 here, as it is to torch.equal."""
+    return X.contiguous().view(torch.int32).flatten().tolist()
+
+
+EDGES = ["1e-46", "-1e-46", "1.4e-45", "7e-46", "5e-324", "3.4028234663852886e38", "1.0000000596046448", "-0.0"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_numpys_reader_gives_the_row_by_row_readers_bits(tmp_path, n):
+    """load_fast (numpy) reads a good file; load_rows, Python's float() a cell at a time, is what it must equal."""
+    rng = random.Random(n)
+    values = [repr(rng.gauss(0, 10 ** rng.randint(-30, 30))) for _ in range(300 * n)] + EDGES * n
+    rows = [",".join(values[i : i + n]) + f",{i % 3}" for i in range(0, len(values) - n + 1, n)]
+    header = ",".join([*(f"x{i}" for i in range(n)), "label"])
+    path = write(tmp_path, "\n".join([header, *rows]) + "\n")
+    fast, slow = load_fast(path, classes=3), load_rows(path, classes=3)
+    assert fast is not None and bits(fast[0]) == bits(slow[0]) and torch.equal(fast[1], slow[1])
+    assert load_csv(path, classes=3)[0].shape == (len(rows), n)
+
+
+def test_a_file_numpy_will_not_read_is_read_row_by_row(tmp_path):
+    """Quoted numbers, a blank line of commas: csv reads them, numpy does not; the points load all the same."""
+    path = write(tmp_path, 'x1,x2,label\n"0.5",-0.25,0\n,,\n-1.0,2.0,"1"\n')
+    assert load_fast(path, classes=3) is None
+    assert load_csv(path, classes=3)[0].tolist() == [[0.5, -0.25], [-1.0, 2.0]]
+
+
 @pytest.mark.parametrize("n", [1, 3, 7])
 def test_a_csv_of_any_number_of_features_loads_and_says_how_many(tmp_path, n):
     rows = [[float(i * n + j) / 8 for j in range(n)] + [i % 3] for i in range(10)]
@@ -229,13 +273,6 @@ def test_a_csv_of_any_number_of_features_loads_and_says_how_many(tmp_path, n):
     X, y = load_csv(path, classes=3)
     assert X.shape == (10, n) and torch.equal(X, torch.tensor([row[:-1] for row in rows], dtype=torch.float32))
     assert y.tolist() == [row[-1] for row in rows]
-    assert features_in(str(path)) == n
-
-
-def test_features_in_counts_the_spirals_2_and_a_file_it_cannot_read_as_2(tmp_path):
-    """A missing file: setup() names it; the link to model.in_features must not fail first."""
-    assert features_in(None) == 2 and features_in(str(tmp_path / "missing.csv")) == 2
-    assert features_in(str(write(tmp_path, "\n\n  \n0.5,1,2,3,1\n"))) == 4  # blank lines first
 
 
 def test_csv_from_a_spreadsheet_keeps_its_first_point(tmp_path):
@@ -246,9 +283,9 @@ def test_csv_from_a_spreadsheet_keeps_its_first_point(tmp_path):
 def test_a_datamodule_on_a_csv_splits_and_predicts_its_points(tmp_path):
     points = [(i / 10, -i / 10, i % 3) for i in range(20)]
     path = write(tmp_path, "x1,x2,label\n" + body(points))
-    data = prepared(path=str(path), points_per_class=5)  # points_per_class does not apply to a file
+    data = prepared(Points(str(path)))
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (12, 4, 4)
-    assert rows(data.train_set) + rows(data.val_set) + rows(data.test_set) == rows(data.all_points)
+    assert rows(data.train_set) + rows(data.val_set) + rows(data.test_set) == rows(data.dataset)
     [(X, y)] = list(data.predict_dataloader())  # every point of the file, in the file's order
     assert torch.equal(X, torch.tensor([p[:2] for p in points], dtype=torch.float32))
     assert torch.equal(y, torch.tensor([p[2] for p in points]))
@@ -274,7 +311,7 @@ BAD_FILES = {
     "nan": (body() + "nan,0.5,1\n", 6, "coordinates must be finite"),
     "inf": (body() + "0.5,inf,1\n", 6, "coordinates must be finite"),
     "-inf": ("x1,x2,label\n-inf,0.5,1\n" + body(), 2, "coordinates must be finite"),
-    "a label too large": (body() + "0.5,0.5,3\n", 6, "label 3 is outside 0..2 (data.classes=3)"),
+    "a label too large": (body() + "0.5,0.5,3\n", 6, "label 3 is outside 0..2 (data.dataset.classes=3)"),
     "a negative label": (body() + "0.5,0.5,-1\n", 6, "label -1 is outside 0..2"),
     "beyond float32": (body() + "0.5,1e39,1\n", 6, "coordinates must be finite in float32"),
     "a field beyond csv's limit": (body() + '"' + "1" * 200_000 + '",0.5,1\n', 6, "field larger than field limit"),
@@ -324,14 +361,93 @@ def test_a_file_it_may_not_read_is_named(tmp_path, monkeypatch):
         load_csv(path, classes=3)
 
 
-def test_a_bad_file_fails_before_training_in_prepare_data(tmp_path):
-    """The Trainer calls prepare_data before its logger creates the run directory; setup comes after."""
-    data = SpiralDataModule(path=str(write(tmp_path, body() + "0.5,0.5,7\n")))
+def test_a_bad_file_fails_when_the_dataset_is_made(tmp_path):
+    """The entry points make the dataset before the Trainer or the plain loop writes anything."""
     with pytest.raises(DataError, match=re.escape("points.csv:6: label 7")):
-        data.prepare_data()
+        Points(str(write(tmp_path, body() + "0.5,0.5,7\n")))
 
 
 def test_a_file_too_small_to_split_is_named(tmp_path):
-    data = SpiralDataModule(path=str(write(tmp_path, body(POINTS[:2]))))
+    data = SpiralDataModule(Points(str(write(tmp_path, body(POINTS[:2])))))
     with pytest.raises(DataError, match="2 points are too few to split"):
         data.setup("fit")
+
+
+# --- datasets of your own: random draws pinned to each sample ---
+
+
+class Noisy(torch.utils.data.Dataset):
+    """A dataset that draws in __getitem__ from torch's, numpy's and Python's random numbers, as augmentation does."""
+
+    def __len__(self) -> int:
+        return 60  # 36 training items: 5 batches of 8
+
+    def __getitem__(self, index: int):
+        draws = [torch.rand(()).item(), float(np.random.rand()), random.random()]
+        return torch.tensor([float(index), *draws]), torch.tensor(index % 3)
+
+
+def batches(loader) -> list[torch.Tensor]:
+    return [X for X, _ in loader]
+
+
+def noisy(**kwargs) -> SpiralDataModule:
+    return prepared(Noisy(), batch_size=8, **kwargs)
+
+
+def test_a_datasets_draws_are_the_same_with_any_number_of_workers():
+    serial = batches(noisy().train_dataloader())
+    torch.manual_seed(1)  # the main process's random numbers do not matter either
+    parallel = batches(noisy(num_workers=2).train_dataloader())
+    assert all(torch.equal(a, b) for a, b in zip(parallel, serial, strict=True))
+    assert len({X[0, 1].item() for X in serial}) == len(serial)  # and they are random draws, not one constant
+
+
+def test_a_datasets_draws_leave_the_main_process_random_numbers_alone():
+    data = noisy()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    batches(data.train_dataloader())
+    after = torch.rand(()), np.random.rand(), random.random()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    assert after == (torch.rand(()), np.random.rand(), random.random())
+
+
+def test_each_epoch_draws_anew():
+    loader = noisy().train_dataloader()
+    first, second = (torch.cat(batches(loader)) for _ in range(2))
+    assert not torch.equal(first[first[:, 0].argsort()], second[second[:, 0].argsort()])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_resumed_mid_way_draws_what_it_would_have_drawn(workers):
+    """The trap: a resumed epoch hands its remaining batches to workers starting afresh."""
+    loader = noisy(num_workers=workers).train_dataloader()
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    state, rest = loader.state_dict(), list(iterator)
+    resumed = noisy(num_workers=workers).train_dataloader()
+    resumed.load_state_dict(state)
+    assert len(rest) == 3 and all(torch.equal(a, b) for (a, _), (b, _) in zip(resumed, rest, strict=True))
+
+
+def test_without_pinned_draws_the_workers_change_them(monkeypatch):
+    """The negative control: draws from the workers' own streams differ with their number."""
+    monkeypatch.setattr(loaders, "drawing_from", lambda seed: contextlib.nullcontext())
+    serial = batches(noisy().train_dataloader())
+    assert not all(
+        torch.equal(a, b) for a, b in zip(batches(noisy(num_workers=2).train_dataloader()), serial, strict=True)
+    )
+
+
+def test_augment_applies_to_the_training_inputs_alone():
+    def flip(X: torch.Tensor) -> torch.Tensor:
+        return -X
+
+    plain, augmented = prepared(points_per_class=20), prepared(points_per_class=20, augment=flip)
+    [(X, y)] = list(plain.train_dataloader().__class__(plain.train_set, batch_size=36))
+    trained = {tuple(x.tolist()) for X_batch, _ in augmented.train_dataloader() for x in X_batch}
+    assert trained == {tuple((-x).tolist()) for x in X}
+    for split in ("val_dataloader", "test_dataloader", "predict_dataloader"):
+        assert all(
+            torch.equal(a[0], b[0]) for a, b in zip(getattr(plain, split)(), getattr(augmented, split)(), strict=True)
+        )

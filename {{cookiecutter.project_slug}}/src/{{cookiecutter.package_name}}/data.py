@@ -1,25 +1,33 @@
-"""The data: a three-class spiral (or your own CSV of points) and the LightningDataModule that serves it.
+"""The data: datasets of (input, label) pairs, and the LightningDataModule that splits and serves any of them.
 
-    data = SpiralDataModule(batch_size=64)
+    data = SpiralDataModule(Spiral(points_per_class=1000))
     data.setup("fit")
     X_batch, y_batch = next(iter(data.train_dataloader()))  # (64, 2) float32, (64,) int64
 
-A CSV for `path` has one point per line, `x1,...,xn,label`: any number n of features, the same on every line,
-then a label in 0..classes-1; a header line is allowed. The model's in_features is n (`features_in`).
+Your own data is a map-style `torch.utils.data.Dataset` whose items are (input, label): inputs of any shape, an int64
+label. Name it in the config, `data.dataset: {class_path: ..., init_args: ...}`; the DataModule splits it, shuffles it
+with its own generator and serves it through the resumable loaders of machinery/loaders.py, to all three loops.
+Random draws in `__getitem__` (augmentation) and in `data.augment` (the training inputs only) are pinned to each
+sample: docs/make_it_yours.md says why that keeps runs exact.
+
+`Points` reads a CSV, one point per line, `x1,...,xn,label`: any number n of features, the same on every line, then a
+label in 0..classes-1; a header line is allowed.
 """
 
 import csv
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
+import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from {{ cookiecutter.package_name }}.machinery.loaders import loader
+from {{ cookiecutter.package_name }}.machinery.loaders import loader, tensors_of
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -38,6 +46,38 @@ def make_spiral(points_per_class: int, classes: int, noise: float, generator: to
     return X, y
 
 
+class Spiral(TensorDataset):
+    """The essay's data: `classes` interleaved arms of `points_per_class` 2-D points each."""
+
+    def __init__(
+        self,
+        classes: PositiveInt = 3,
+        points_per_class: PositiveInt = 1000,
+        noise: NonNegativeFloat = 0.2,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            classes: Number of classes (spiral arms).
+            points_per_class: Points per arm.
+            noise: Standard deviation of the noise added to each point's angle.
+            seed: Seeds the noise.
+        """
+        super().__init__(*make_spiral(points_per_class, classes, noise, torch.Generator().manual_seed(seed)))
+
+
+class Points(TensorDataset):
+    """Your own points: a CSV of `x1,...,xn,label` rows; a bad row is named by file and line."""
+
+    def __init__(self, path: str, classes: PositiveInt = 3):
+        """
+        Args:
+            path: The CSV file: any number n of features, the same on every line, then a label in 0..classes-1.
+            classes: Number of classes.
+        """
+        super().__init__(*load_csv(Path(path), classes))
+
+
 def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
     """Read `x1,...,xn,label` rows: X (N, n) float32, y (N,) int64; raise DataError naming the file and line of
     the first bad row."""
@@ -46,13 +86,54 @@ def load_csv(path: Path, classes: int) -> tuple[Tensor, Tensor]:
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     try:
-        with open_points(path) as file:
-            reader = csv.reader(file)
-            return parse_rows(path, reader, classes)
-    except csv.Error as error:  # a field longer than csv's limit, a NUL byte
-        raise DataError(f"{path}:{reader.line_num}: {error}") from None
+        return load_fast(path, classes) or load_rows(path, classes)
     except OSError as error:  # no permission to read it
         raise DataError(f"{path}: {error.strerror}") from None
+
+
+def load_fast(path: Path, classes: int) -> tuple[Tensor, Tensor] | None:
+    """The points, read by numpy; None where anything in the file is not plainly right, for `load_rows` to name.
+    numpy's parser accepts less than parse_rows (no quotes, no blank rows of spaces or commas, no 1_000), never
+    more (but for a number longer than csv's field limit, 131072 characters), and reads each number as float()
+    does: what it reads, parse_rows would read alike."""
+    with open_points(path) as file:
+        reader = csv.reader(file)
+        try:
+            row = first_row(reader)
+        except csv.Error:
+            return None
+        if len(row) < 2:
+            return None
+        # numpy is to skip the lines before the first point: blank ones and a header
+        skip = reader.line_num - 1 if is_point(row) else reader.line_num
+    points = np.dtype([("x", np.float64, (len(row) - 1,)), ("label", np.int64)])
+    try:
+        with warnings.catch_warnings():
+            # as errors: numpy < 2 reads a label of 1.5 as 1, with a DeprecationWarning; no points warns too
+            warnings.simplefilter("error")
+            table = np.loadtxt(
+                path, dtype=points, delimiter=",", comments=None, skiprows=skip, ndmin=1, encoding="utf-8-sig"
+            )
+    except (ValueError, Warning):  # a bad number or column count, undecodable bytes (UnicodeDecodeError)
+        return None
+    if len(table) == 0:  # no points; numpy warns of it, too
+        return None
+    X, y = table["x"], table["label"]
+    # parse_rows' checks, on float64 as float() reads it (a nan makes min and max nan, which fails them)
+    if not (-FLOAT32_MAX <= X.min() and X.max() <= FLOAT32_MAX and 0 <= y.min() and y.max() < classes):
+        return None
+    # rounded once, float64 to float32, as torch.tensor(floats, dtype=torch.float32) does: the same bits
+    return torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.copy())
+
+
+def load_rows(path: Path, classes: int) -> tuple[Tensor, Tensor]:
+    """Read the rows one by one, in Python: slow, but it names the line of the first bad one."""
+    with open_points(path) as file:
+        reader = csv.reader(file)
+        try:
+            return parse_rows(path, reader, classes)
+        except csv.Error as error:  # a field longer than csv's limit
+            raise DataError(f"{path}:{reader.line_num}: {error}") from None
 
 
 def open_points(path: Path) -> TextIO:
@@ -68,10 +149,28 @@ def filled(rows) -> Iterator[tuple[int, list[str]]]:
             yield line, row
 
 
+def first_row(rows) -> list[str]:
+    """The first row that is not blank, a header or a point; [] if there is none."""
+    return next((row for _, row in filled(rows)), [])
+
+
 def features(columns: int) -> str:
     """The names of a row's features: x1,x2 for 3 columns, x1,...,x9 for 10."""
     n = columns - 1
     return ",".join(f"x{i}" for i in range(1, n + 1)) if n <= 3 else f"x1,...,x{n}"
+
+
+def point(row: list[str]) -> tuple[list[float], int]:
+    """The features and label of a row; ValueError if they are not numbers and an integer."""
+    return [float(cell) for cell in row[:-1]], int(row[-1])
+
+
+def is_point(row: list[str]) -> bool:
+    try:
+        point(row)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
@@ -83,7 +182,7 @@ def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
             expected = f"{columns} columns {features(columns)},label" if columns >= 2 else "a feature and a label"
             raise DataError(f"{path}:{line}: expected {expected}, found {len(row)} column{'s' * (len(row) != 1)}")
         try:
-            x, label = [float(cell) for cell in row[:-1]], int(row[-1])
+            x, label = point(row)
         except ValueError:
             if is_first:
                 continue  # a header
@@ -92,7 +191,8 @@ def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
         if not all(abs(value) <= FLOAT32_MAX for value in x):  # beyond it, inf in the float32 tensor
             raise DataError(f"{path}:{line}: coordinates must be finite in float32, found {','.join(row[:-1])}")
         if not 0 <= label < classes:
-            raise DataError(f"{path}:{line}: label {label} is outside 0..{classes - 1} (data.classes={classes})")
+            setting = f"data.dataset.classes={classes}"
+            raise DataError(f"{path}:{line}: label {label} is outside 0..{classes - 1} ({setting})")
         points.append(x)
         labels.append(label)
     if not points:
@@ -100,26 +200,11 @@ def parse_rows(path: Path, rows, classes: int) -> tuple[Tensor, Tensor]:
     return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)
 
 
-def features_in(path: str | None) -> int:
-    """The number of features of the points at `path`, the spiral's 2 without one: the model's in_features,
-    which the entry points link to data.path. A file it cannot read counts 2; setup() then says what is wrong."""
-    if not path:
-        return 2
-    try:
-        with open_points(Path(path)) as file:
-            _, row = next(filled(csv.reader(file)), (0, []))
-    except (OSError, csv.Error):
-        return 2
-    return max(len(row) - 1, 1)
-
-
 class SpiralDataModule(L.LightningDataModule):
     def __init__(
         self,
-        path: str | None = None,
-        classes: PositiveInt = 3,
-        points_per_class: PositiveInt = 1000,
-        noise: NonNegativeFloat = 0.2,
+        dataset: Dataset,
+        augment: Callable[[Tensor], Any] | None = None,
         val_fraction: OpenUnitInterval = 0.2,
         test_fraction: OpenUnitInterval = 0.2,
         batch_size: PositiveInt = 64,
@@ -131,18 +216,16 @@ class SpiralDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            path: CSV of `x1,...,xn,label` rows (any number n of features) to use instead of the spiral.
-            classes: Number of classes (spiral arms).
-            points_per_class: Spiral points per class.
-            noise: Standard deviation of the noise added to each point's angle.
-            val_fraction: Share of the points held out for validation.
-            test_fraction: Share of the points held out for testing.
+            dataset: (input, label) pairs, split here into training, validation and test sets.
+            augment: A random transform of a training input, drawn in the DataLoader's workers, pinned to the sample.
+            val_fraction: Share of the dataset held out for validation.
+            test_fraction: Share of the dataset held out for testing.
             batch_size: Training batch size.
             val_batch_size: Validation and test batch size; None puts the whole split in one batch.
             num_workers: DataLoader worker processes.
             persistent_workers: Keep the workers alive between epochs (needs num_workers > 0).
             pin_memory: Pin batches in page-locked memory for faster copies to a GPU.
-            seed: Seeds the spiral, the split and the shuffle order, apart from `seed_everything`.
+            seed: Seeds the split, the shuffle order and the random draws of each sample.
         """
         super().__init__()
         if val_fraction + test_fraction >= 1:
@@ -153,36 +236,34 @@ class SpiralDataModule(L.LightningDataModule):
         if persistent_workers and num_workers == 0:
             raise DataError("data.persistent_workers needs data.num_workers > 0")
         self.save_hyperparameters()
+        self.dataset = dataset
+        self.augment = augment
         # Its own generator: drawing from the global RNG here would make the shuffle order depend on
         # everything else that draws from it (dropout, for one).
         self.generator = torch.Generator().manual_seed(seed)
         self.resumed = False  # load_state_dict() was called: the next training DataLoader goes on with a run
 
     def prepare_data(self) -> None:
-        # The Trainer calls this before its logger makes the run directory: a bad data file, or too few points
-        # to split, stops the run here with nothing written under logs/. setup() runs again, on every process.
+        # The Trainer calls this before its logger makes the run directory: too few points to split stop the run
+        # here with nothing written under logs/. setup() runs again, on every process.
         self.setup("fit")
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        generator = torch.Generator().manual_seed(hp.seed)
-        if hp.path:
-            X, y = load_csv(Path(hp.path), hp.classes)
-        else:
-            X, y = make_spiral(hp.points_per_class, hp.classes, hp.noise, generator)
-        order = torch.randperm(len(y), generator=generator)
-        n_val, n_test = round(hp.val_fraction * len(y)), round(hp.test_fraction * len(y))
-        if min(n_val, n_test, len(y) - n_val - n_test) < 1:
-            raise DataError(f"{len(y)} points are too few to split into train, validation and test sets")
-        val, test, train = order.split([n_val, n_test, len(y) - n_val - n_test])
-        self.train_set = TensorDataset(X[train], y[train])
-        self.val_set = TensorDataset(X[val], y[val])
-        self.test_set = TensorDataset(X[test], y[test])
-        self.all_points = TensorDataset(X, y)
+        n = len(self.dataset)
+        n_val, n_test = round(hp.val_fraction * n), round(hp.test_fraction * n)
+        if min(n_val, n_test, n - n_val - n_test) < 1:
+            raise DataError(f"{n} points are too few to split into train, validation and test sets")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
+        self.val_set, self.test_set, self.train_set = (
+            subset(self.dataset, indices) for indices in order.split([n_val, n_test, n - n_val - n_test])
+        )
 
     def train_dataloader(self) -> DataLoader:
         # Shuffled with the module's own generator: no other draw from torch's RNG can move the order.
-        loader = self._loader(self.train_set, self.hparams.batch_size, shuffle=self.generator, resumed=self.resumed)
+        loader = self._loader(
+            self.train_set, self.hparams.batch_size, shuffle=self.generator, resumed=self.resumed, augment=self.augment
+        )
         self.resumed = False
         return loader
 
@@ -193,9 +274,8 @@ class SpiralDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.hparams.val_batch_size or len(self.test_set))
 
     def predict_dataloader(self) -> DataLoader:
-        """Every point of `path` when one is given, else the test split."""
-        points = self.all_points if self.hparams.path else self.test_set
-        return self._loader(points, self.hparams.val_batch_size or len(points))
+        """Every point of the dataset, in its order."""
+        return self._loader(self.dataset, self.hparams.val_batch_size or len(self.dataset))
 
     def state_dict(self) -> dict[str, Any]:
         # The shuffle order of the epochs still to come; Lightning saves it in every checkpoint.
@@ -205,7 +285,7 @@ class SpiralDataModule(L.LightningDataModule):
         self.generator.set_state(state_dict["generator"])
         self.resumed = True  # the next training DataLoader goes on with the interrupted run
 
-    def _loader(self, dataset: TensorDataset, batch_size: int, **training) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, **training) -> DataLoader:
         hp = self.hparams
         return loader(
             dataset,
@@ -215,3 +295,11 @@ class SpiralDataModule(L.LightningDataModule):
             pin_memory=hp.pin_memory,
             **training,
         )
+
+
+def subset(dataset: Dataset, indices: Tensor) -> Dataset:
+    """The items of `dataset` at `indices`: a TensorDataset of them where it is one (batches index it at once)."""
+    tensors = tensors_of(dataset)
+    if tensors is not None:
+        return TensorDataset(*(tensor[indices] for tensor in tensors))
+    return Subset(dataset, indices.tolist())

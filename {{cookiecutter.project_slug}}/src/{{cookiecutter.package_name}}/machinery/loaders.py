@@ -1,20 +1,25 @@
 """The DataLoaders behind SpiralDataModule: shuffled with their own generator, able to stop between two batches.
 
-data.py calls `loader(...)`; nothing here changes what a batch holds, only that both loops draw the same batches in
-the same order, and that an interrupted run draws the batches it had still to come.
+data.py calls `loader(...)`; nothing here changes what a batch holds, only that every loop draws the same batches in
+the same order, with the same random draws in them, and that an interrupted run draws the batches it had still to come.
 
 - `EpochShuffle`: `shuffle=True` whose order is drawn when the epoch starts (a `for` loop and Lightning agree).
 - `ResumableLoader`: the training DataLoader; its state is the epoch's order and how far it got.
+- `Pinned`: the training samples, each drawing its random numbers (augmentation) from a seed of its own.
 - `TensorBatches`: one indexing per batch instead of one per point: the same tensors, several times faster.
 - `with_sampler`, `distributed`: what Lightning does under DDP, for the plain loop.
 """
 
+import random
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, TensorDataset, default_collate
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError
 
@@ -26,27 +31,34 @@ class EpochShuffle(Sampler[int]):
     asks (to hear StopIteration) and Lightning, which stops at len(dataloader), does not: when the training set
     is a multiple of the batch size, the two would shuffle every later epoch differently.
 
+    With `seeded`, each index comes with a seed for the sample's random draws, drawn with the order: (index, seed).
+
     `replay` makes the next epoch the rest of an interrupted one, without drawing: how a resumed run goes on.
     """
 
-    def __init__(self, size: int, generator: torch.Generator):
-        self.size, self.generator = size, generator
+    def __init__(self, size: int, generator: torch.Generator, seeded: bool = False):
+        self.size, self.generator, self.seeded = size, generator, seeded
         self.order: list[int] = []  # the current epoch's
-        self._replay: tuple[list[int], int] | None = None
+        self.seeds: list[int] = []  # its samples' seeds, where seeded
+        self._replay: tuple[list[int], list[int], int] | None = None
 
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         if self._replay is None:
             self.order, start = torch.randperm(self.size, generator=self.generator).tolist(), 0
+            if self.seeded:
+                self.seeds = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
         else:
-            (self.order, start), self._replay = self._replay, None
+            (self.order, self.seeds, start), self._replay = self._replay, None
+        if self.seeded:
+            return iter(list(zip(self.order, self.seeds, strict=True))[start:])
         return iter(self.order[start:])
 
-    def replay(self, order: list[int], start: int) -> None:
-        """Make the next epoch `order` from position `start` on."""
-        self._replay = (order, start)
+    def replay(self, order: list[int], seeds: list[int], start: int) -> None:
+        """Make the next epoch `order` (with its samples' `seeds`) from position `start` on."""
+        self._replay = (order, seeds, start)
 
 
 class ResumableLoader(DataLoader):
@@ -78,10 +90,11 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        order = getattr(self.sampler, "order", [])  # DDP's DistributedSampler: seed and epoch decide the order
+        # DDP's DistributedSampler: seed and epoch decide the order.
+        order, seeds = (torch.tensor(getattr(self.sampler, key, []), dtype=torch.int64) for key in ("order", "seeds"))
         # Whether the epoch was done, said outright: a run with another number of processes counts other batches.
         done = self.batches == len(self)
-        return {"order": torch.tensor(order, dtype=torch.int64), "batches": self.batches, "epoch_done": done}
+        return {"order": order, "seeds": seeds, "batches": self.batches, "epoch_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
@@ -95,7 +108,8 @@ class ResumableLoader(DataLoader):
                     f"the checkpoint stopped {batches} batches into an epoch; only a run in one process can go on from "
                     "there (under DDP, checkpoints are written at the ends of epochs)"
                 )
-            self.sampler.replay(state_dict["order"].tolist(), start=batches * self.batch_size)
+            order, seeds = state_dict["order"].tolist(), state_dict["seeds"].tolist()
+            self.sampler.replay(order, seeds, start=batches * self.batch_size)
 
 
 def distributed() -> bool:
@@ -127,6 +141,48 @@ def ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+class Pinned(Dataset):
+    """The training samples, each drawing its random numbers from its own seed: (input, label), `augment`ed.
+
+    A DataLoader worker's random stream starts from the loader's base seed plus the worker's id, and batches go to
+    the workers in turn: a draw in `__getitem__` would depend on the number of workers, and a resumed epoch, which
+    hands its remaining batches to workers starting afresh, would draw other numbers. Here each sample draws from
+    the seed EpochShuffle drew for it with the epoch's order (and the checkpoint keeps): torch's, numpy's and
+    Python's random numbers, the main process's left as they were. Under DDP the DistributedSampler gives the index
+    alone: the draws then come from each worker's stream, the same in the three loops, at the ends of epochs.
+    """
+
+    def __init__(self, dataset: Dataset, augment: Callable[[Tensor], Tensor] | None = None):
+        self.dataset, self.augment = dataset, augment
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        with drawing_from(seed):
+            X, y = self.dataset[index]
+            return (X if self.augment is None else self.augment(X)), y
+
+
+@contextmanager
+def drawing_from(seed: int | None) -> Iterator[None]:
+    """torch's, numpy's and Python's global random numbers drawn from `seed` inside, as they were after."""
+    if seed is None:
+        yield
+        return
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
 class TensorBatches(TensorDataset):
     """A TensorDataset that DataLoader asks for a whole batch at once: one indexing of each tensor, where it would
     index once per point and stack the points (default_collate). The same tensors, several times faster."""
@@ -140,37 +196,57 @@ def as_batch(batch: list[Tensor]) -> list[Tensor]:
     return batch
 
 
+def tensors_of(dataset: Dataset) -> tuple[Tensor, ...] | None:
+    """The tensors of a TensorDataset that indexes them as TensorDataset does (no draws, no transform), else None."""
+    if isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__:
+        return dataset.tensors
+    return None
+
+
+def stacked(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    """Every (input, label) of `dataset`, in its order, as two tensors: (N, ...) inputs, (N,) labels."""
+    tensors = tensors_of(dataset)
+    if tensors is not None:
+        return tensors[0], tensors[1]
+    X, y = default_collate([dataset[i] for i in range(len(dataset))])
+    return X, y
+
+
 def loader(
-    dataset: TensorDataset,
+    dataset: Dataset,
     batch_size: int,
     *,
     shuffle: torch.Generator | None = None,
     resumed: bool = False,
+    augment: Callable[[Tensor], Tensor] | None = None,
     num_workers: int = 0,
     persistent_workers: bool = False,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader over `dataset`. With `shuffle`, the training one: a ResumableLoader whose order that generator
-    decides; `resumed`: its next iter() goes on with an interrupted run."""
+    decides, each sample's draws pinned (and `augment`ed) unless it is a TensorDataset's; `resumed`: its next iter()
+    goes on with an interrupted run."""
+    tensors = tensors_of(dataset) if augment is None else None
     settings = dict(
         batch_size=batch_size,
-        collate_fn=as_batch,
+        collate_fn=default_collate if tensors is None else as_batch,
         num_workers=num_workers,
         worker_init_fn=ignore_interrupts,
         persistent_workers=persistent_workers,
         pin_memory=pin_memory,
     )
-    batches = TensorBatches(*dataset.tensors)
     if shuffle is None:  # iter() draws the workers' base seed from `generator`
-        return DataLoader(batches, generator=seed_generator(persistent_workers), **settings)
+        served = dataset if tensors is None else TensorBatches(*tensors)
+        return DataLoader(served, generator=seed_generator(persistent_workers), **settings)
+    served = Pinned(dataset, augment) if tensors is None else TensorBatches(*tensors)
     if distributed():
         # Under DDP, Lightning re-creates the training DataLoader with a DistributedSampler in place of this
         # RandomSampler (Trainer(use_distributed_sampler=True)), shuffled with seed_everything + epoch; the plain
         # loop does the same. EpochShuffle would be wrapped, not replaced.
-        sampler = RandomSampler(dataset, generator=shuffle)
+        sampler = RandomSampler(served, generator=shuffle)
     else:
-        sampler = EpochShuffle(len(dataset), shuffle)
-    made = ResumableLoader(batches, sampler=sampler, generator=shuffle, **settings)
+        sampler = EpochShuffle(len(served), shuffle, seeded=tensors is None)
+    made = ResumableLoader(served, sampler=sampler, generator=shuffle, **settings)
     made.resumed = resumed
     return made
 
