@@ -39,14 +39,22 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from {{ cookiecutter.package_name }}.boundary import DecisionBoundary, switch_off_if_undrawable
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, features_in
+from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     CheckpointError,
     adopt_checkpoint,
     check_shapes,
 )
-from {{ cookiecutter.package_name }}.machinery.cli import LightningParser, one_line_errors, quiet, settings_problem
+from {{ cookiecutter.package_name }}.machinery.cli import (
+    LightningParser,
+    instantiate,
+    net_problem,
+    one_line_errors,
+    plain_numbers,
+    quiet,
+    settings_problem,
+)
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -54,25 +62,23 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")  # each reads DEFAULT_CONFIG first
 
 
-def checkpoint_settings(saved: dict, fitting: bool, classes: int) -> dict[str, dict]:
+def checkpoint_settings(saved: dict, fitting: bool) -> dict[str, dict]:
     """The settings a Lightning checkpoint was trained with: the model's, and for a fit also the
-    data's and the schedule's length (data.classes decides model.classes in every subcommand)."""
+    data's and the schedule's length."""
     model = saved["hyper_parameters"]
     data = saved.get("datamodule_hyper_parameters", {}) if fitting else {}
     schedule = (saved.get("lr_schedulers") or [{}])[0]
     trainer = {"max_epochs": schedule["T_max"]} if fitting and "T_max" in schedule else {}
-    data = {"classes": model.get("classes", classes), **data}
     return {"model": model, "data": data, "trainer": trainer}
 
 
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.classes", "model.classes")
-        parser.link_arguments("data.path", "model.in_features", compute_fn=features_in)
         parser.add_lightning_class_args(DecisionBoundary, "boundary")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
+        plain_numbers(self.config)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         # Before LightningCLI seeds; train_torch.py refuses the same.
@@ -88,7 +94,6 @@ class CLI(LightningCLI):
             checkpoint, run = self.check_checkpoint(subcommand, config, logger)
         except CheckpointError as error:
             sys.exit(f"error: {error}")
-        switch_off_if_undrawable(config)  # after the checkpoint has given its data settings
         if logger is not None:
             self.log_into(logger, subcommand, checkpoint, run)
 
@@ -106,10 +111,10 @@ class CLI(LightningCLI):
             self._parser(subcommand).get_defaults(),
             root,
             ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)"),
-            lambda saved: checkpoint_settings(saved, fitting, config.data.classes),
+            lambda saved: checkpoint_settings(saved, fitting),
         )
         # Refused here, before a run directory is made, not when the Trainer loads it.
-        model = SpiralClassifier(**vars(config.model))
+        model = SpiralClassifier(**vars(instantiate(config.model)))
         check_shapes(checkpoint["state_dict"], model.state_dict(), config.ckpt_path)
         return checkpoint, run
 
@@ -135,6 +140,15 @@ class CLI(LightningCLI):
         if (run / "config.yaml").is_file():
             self.save_config_callback = None  # the run keeps the config.yaml it started with
 
+    def check_net(self) -> None:
+        """Before fit, validate, test or predict: a network that cannot take the data, refused in
+        one line before anything is written (train_torch.py refuses the same)."""
+        problem = net_problem(self.model.net, self.datamodule.dataset, self.model.hparams.classes)
+        if problem is not None:
+            sys.exit(f"error: {problem}")
+
+    before_fit = before_validate = before_test = before_predict = check_net
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer = config.trainer
@@ -156,6 +170,7 @@ def main(args: list[str] | None = None) -> CLI:
             SpiralDataModule,
             parser_kwargs={c: {"default_config_files": [str(DEFAULT_CONFIG)]} for c in SUBCOMMANDS},
             parser_class=LightningParser,  # errors in one line
+            auto_configure_optimizers=False,  # the optimizer is module.py's, as it is loop.py's
             args=args,
         )
         log_dir = cli.trainer.log_dir  # under DDP, every process asks rank 0

@@ -89,10 +89,11 @@ def main(args: list[str] | None = None):
     if fabric.is_global_zero:
         keep_config(parser, config, log_dir, resume)
     boundary = BoundaryAnimation(**config.boundary)
+    boundary.switch_off_if_undrawable(data.val_set, say=fabric.is_global_zero)
     with stopping("train_fabric.py", log_dir, distributed=fabric.world_size > 1) as stop:
         run = FabricRun(
             writer=logger.experiment,  # rank 0's SummaryWriter; on the others, a stand-in
-            model_hparams=config.model.as_dict(),
+            hparams={"model": config.model.as_dict(), "data": config.data.as_dict()},
             device=fabric.device,
             progress_bar=fabric.is_global_zero and trainer.enable_progress_bar is not False,
             boundary=boundary if fabric.is_global_zero else None,

@@ -33,6 +33,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,15 +41,22 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning import Trainer
 from torch.utils.tensorboard import SummaryWriter
 
-from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation, switch_off_if_undrawable
-from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule, features_in
+from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
+from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
 from {{ cookiecutter.package_name }}.loop import fit
 from {{ cookiecutter.package_name }}.machinery.checkpoints import (
     CheckpointError,
     adopt_checkpoint,
     check_shapes,
 )
-from {{ cookiecutter.package_name }}.machinery.cli import Parser, one_line_errors, settings_problem
+from {{ cookiecutter.package_name }}.machinery.cli import (
+    Parser,
+    instantiate,
+    net_problem,
+    one_line_errors,
+    plain_numbers,
+    settings_problem,
+)
 from {{ cookiecutter.package_name }}.machinery.plain_run import (
     DEVICES,
     NoWriter,
@@ -62,7 +70,6 @@ from {{ cookiecutter.package_name }}.machinery.stopping import (
     StoppedBySignal,
     StopRequest,
 )
-from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -94,15 +101,7 @@ def parse(args: list[str] | None = None, script: str = "train_torch.py", doc: st
     parser.add_class_arguments(BoundaryAnimation, "boundary")
     resume = "last.pt to go on from, or `last`."
     parser.add_argument("--ckpt_path", type=str | None, default=None, help=resume)
-    parser.link_arguments("data.classes", "model.classes")
-    parser.link_arguments("data.path", "model.in_features", compute_fn=features_in)
-    config = parser.parse_args(args)
-    # The checkpoint keeps model.* and data.*, and torch.load(weights_only=True) refuses
-    # jsonargparse's checked numbers (PositiveInt, ...) in it: plain ones from here on.
-    for section in ("model", "data"):
-        for key, value in vars(config[section]).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                config[section][key] = (int if isinstance(value, int) else float)(value)
+    config = plain_numbers(parser.parse_args(args))
     trainer = config.trainer
     for key, allowed in PLAIN_LOOP_TRAINER.items():
         if trainer[key] not in allowed:
@@ -131,9 +130,8 @@ def resume_from(parser, config, root: Path) -> tuple[dict, Path]:
         ("last.pt", keys, "the plain or the Fabric loop"),
         lambda saved: {**saved["hparams"], "trainer": {"max_epochs": saved["scheduler"]["T_max"]}},
     )
-    hp = config.model
-    model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)
-    check_shapes(checkpoint["model"], model.state_dict(), config.ckpt_path)
+    net = instantiate(config.model.net)
+    check_shapes(checkpoint["model"], net.state_dict(), config.ckpt_path)
     return checkpoint, run or next_version(root)
 
 
@@ -144,11 +142,13 @@ def prepare(parser, config, root: Path) -> tuple[dict | None, Path, SpiralDataMo
         resume, log_dir = None, next_version(root)
         if config.ckpt_path:
             resume, log_dir = resume_from(parser, config, root)
-        switch_off_if_undrawable(config)  # after the checkpoint has given its data settings
-        data = SpiralDataModule(**config.data)
+        data = SpiralDataModule(**vars(instantiate(config.data)))
         data.setup("fit")
     except (DataError, CheckpointError) as error:
         sys.exit(f"error: {error}")
+    problem = net_problem(instantiate(config.model.net), data.dataset, config.model.classes)
+    if problem is not None:
+        sys.exit(f"error: {problem}")
     return resume, log_dir, data
 
 
@@ -160,10 +160,11 @@ def keep_config(parser, config, log_dir: Path, resume: dict | None) -> None:
 
 
 def loop_settings(config: Namespace) -> Namespace:
-    """What loop.fit() reads: the seed, the model's settings, the trainer's the loop implements."""
+    """What loop.fit() reads: the seed, the model's settings (model.net as a function that makes
+    the network), the trainer's the loop implements."""
     return Namespace(
         seed=config.seed_everything,
-        **config.model,
+        **{**vars(config.model), "net": partial(instantiate, config.model.net)},
         max_epochs=config.trainer.max_epochs,
         gradient_clip_val=config.trainer.gradient_clip_val,
         precision=config.trainer.precision,
@@ -219,6 +220,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
     if lead:
         keep_config(parser, config, log_dir, resume)
     boundary = BoundaryAnimation(**config.boundary)
+    boundary.switch_off_if_undrawable(data.val_set, say=lead)
     with stopping("train_torch.py", log_dir, distributed=launched_by_torchrun()) as stop:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this
         # run logs it anew.
@@ -228,7 +230,7 @@ def main(args: list[str] | None = None) -> tuple[torch.nn.Module, torch.optim.Op
         with process_group(config.trainer.accelerator) as device, writing as writer:
             run = PlainRun(
                 writer=writer,
-                model_hparams=config.model.as_dict(),
+                hparams={"model": config.model.as_dict(), "data": config.data.as_dict()},
                 device=device,
                 progress_bar=lead and config.trainer.enable_progress_bar is not False,
                 boundary=boundary if lead else None,

@@ -4,7 +4,7 @@ experiment, in fresh processes.
     python benchmarks/lightning_vs_torch.py                       # configs/default.yaml, 3 runs of each, 1 thread
     python benchmarks/lightning_vs_torch.py --runs 5 --epochs 20 --threads 2
     python benchmarks/lightning_vs_torch.py --threads torch        # as many threads as torch itself would take
-    python benchmarks/lightning_vs_torch.py -- --data.points_per_class=100000 --data.batch_size=4096
+    python benchmarks/lightning_vs_torch.py -- --data.dataset.init_args.points_per_class=100000 --data.batch_size=4096
 
 The three entry points run exactly as a user types them, with the config they read by default, in alternation
 with the peer, benchmarks/stock_trainer.py (Lightning, plain, Fabric, stock, Lightning, ...), so that a change in

@@ -1,7 +1,7 @@
 """The benchmark's peer: this project's LightningModule and data in a stock Trainer, as typical templates run them.
 
     python benchmarks/stock_trainer.py                                    # logs to logs/stock/version_N
-    python benchmarks/stock_trainer.py --trainer.max_epochs=5 --data.points_per_class=100
+    python benchmarks/stock_trainer.py --trainer.max_epochs=5 --data.dataset.init_args.points_per_class=100
 
 The experiment's values (seed, model, data, and the trainer's plain settings: max_epochs, gradient_clip_val,
 log_every_n_steps=1, ...) come from configs/default.yaml, with `--section.key=value` flags on top. Everything
@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from {{ cookiecutter.package_name }}.boundary import DecisionBoundary
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.machinery.cli import instantiate
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,8 @@ def main(flags: list[str]) -> None:
     trainer_settings = {key: value for key, value in config["trainer"].items() if key not in NOT_STOCK}
     save_dir = config["trainer"]["logger"]["init_args"]["save_dir"]
     L.seed_everything(config["seed_everything"], verbose=False)
-    data = SpiralDataModule(**config["data"])
-    model = SpiralClassifier(**config["model"], classes=config["data"]["classes"])
+    data = SpiralDataModule(**vars(instantiate(config["data"])))
+    model = SpiralClassifier(**vars(instantiate(config["model"])))
     logger = TensorBoardLogger(save_dir, name="stock")
     trainer = L.Trainer(**trainer_settings, logger=logger, callbacks=[DecisionBoundary(**config["boundary"])])
     trainer.fit(model, data)

@@ -33,12 +33,12 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 # Flags both entry points take to run quietly; tests add their own log directory.
 QUIET = ["--trainer.enable_progress_bar=false"]
 LIGHTNING = ["--trainer.enable_model_summary=false"]  # Lightning's alone: the plain loop prints no summary
-SMALL = ["--trainer.max_epochs=3", "--data.points_per_class=200"]
+SMALL = ["--trainer.max_epochs=3", "--data.dataset.points_per_class=200"]
 # 90 training points in batches of 32: 3 steps an epoch, 12 in all.
 TINY = [
     *QUIET,
     "--trainer.max_epochs=4",
-    "--data.points_per_class=50",
+    "--data.dataset.points_per_class=50",
     "--data.batch_size=32",
     "--boundary.every_n_epochs=0",
 ]
@@ -115,7 +115,7 @@ def final_state(side: str, directory: Path) -> dict:
     checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
     if side != "lightning":
         return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler", SCALER[side])}
-    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
+    weights = {name.removeprefix("net."): tensor for name, tensor in checkpoint["state_dict"].items()}
     optimizer, scheduler = checkpoint["optimizer_states"][0], checkpoint["lr_schedulers"][0]
     scaler = checkpoint.get(SCALER[side], {})  # the precision plugin's state, where it has one: 16-mixed
     return {"model": weights, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
@@ -136,6 +136,19 @@ def write_points(path: Path, X: torch.Tensor, y: torch.Tensor) -> Path:
     rows = [",".join([*map(repr, x), str(label)]) for x, label in zip(X.tolist(), y.tolist(), strict=True)]
     path.write_text("\n".join([header, *rows]) + "\n")
     return path
+
+
+def points(path: Path, features: int = 2, classes: int = 3) -> list[str]:
+    """The flags that train on a CSV of points, `features` and a label in 0..classes-1 a line: the Points dataset,
+    and the network's inputs and outputs to match (README's "Your own data")."""
+    return [
+        "--data.dataset={{ cookiecutter.package_name }}.data.Points",
+        f"--data.dataset.path={path}",
+        f"--data.dataset.classes={classes}",
+        f"--model.classes={classes}",
+        f"--model.net.in_features={features}",
+        f"--model.net.out_features={classes}",
+    ]
 
 
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -23,7 +23,7 @@ ROWS = (
 
 def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(tmp_path):
     script = ROOT / "benchmarks" / "lightning_vs_torch.py"
-    args = ["--runs", "1", "--epochs", "2", "--", "--data.points_per_class=100"]
+    args = ["--runs", "1", "--epochs", "2", "--", "--data.dataset.init_args.points_per_class=100"]
     result = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import TensorDataset
 
 from {{ cookiecutter.package_name }}.boundary import PALETTE, TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.data import make_spiral
@@ -47,7 +48,7 @@ def test_switching_the_animation_off_changes_no_loss(side, tmp_path, written):
     """With dropout on, a stray draw from the global RNG or a wrong train/eval mode would show in the losses."""
     for every in (1, 0):
         args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path / str(every)}", *SMALL]
-        fit(side, [*args, "--model.dropout=0.3", f"--boundary.every_n_epochs={every}"])
+        fit(side, [*args, "--model.net.dropout=0.3", f"--boundary.every_n_epochs={every}"])
     on, off = (tmp_path / str(every) / side / "version_0" for every in (1, 0))
     assert (on / "decision_boundary.gif").exists() and not (off / "decision_boundary.gif").exists()
     losses = torch.tensor([value for _, value in written[side]["train/loss"]])
@@ -61,7 +62,7 @@ def test_a_frame_leaves_mode_rng_and_weights_alone():
     X, y = make_spiral(50, 3, 0.2, torch.Generator().manual_seed(0))
     weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     rng = torch.get_rng_state()
-    image = BoundaryAnimation(resolution=16, scale=2).frame(model, X, y, epoch=0, val_acc=0.5)
+    image = BoundaryAnimation(resolution=16, scale=2).frame(model, TensorDataset(X, y), epoch=0, val_loss=0.5)
     assert model.training
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
@@ -81,7 +82,7 @@ def test_every_n_epochs():
 def test_points_on_a_line_or_one_point_are_drawn(points):
     """A span of zero in x or y (one point, or points sharing a coordinate) is drawn, one unit wide around it."""
     X, y = torch.tensor(points), torch.arange(len(points))
-    image = BoundaryAnimation(resolution=8, scale=2).frame(MLP(2, 4, 3), X, y, epoch=0, val_acc=0.5)
+    image = BoundaryAnimation(resolution=8, scale=2).frame(MLP(2, 4, 3), TensorDataset(X, y), epoch=0, val_loss=0.5)
     assert image.shape == (18 + 16, 16, 3)  # the title, then 8 grid points 2 pixels each
     for label in y:  # each point's dot, in a dark shade of its class's colour
         dark = (PALETTE[label] * 0.55).round().to(torch.uint8).numpy()
@@ -91,7 +92,7 @@ def test_points_on_a_line_or_one_point_are_drawn(points):
 @pytest.mark.parametrize("side", SIDES)
 def test_one_point_per_class_trains_and_is_drawn(side, tmp_path):
     """Its validation points share their coordinates: the picture is drawn, one unit wide."""
-    flags = ["--trainer.max_epochs=2", "--data.points_per_class=1"]
+    flags = ["--trainer.max_epochs=2", "--data.dataset.points_per_class=1"]
     fit(side, [*QUIET, *flags, f"--trainer.logger.init_args.save_dir={tmp_path}"])
     assert (tmp_path / side / "version_0" / "decision_boundary.gif").is_file()
 
@@ -99,7 +100,8 @@ def test_one_point_per_class_trains_and_is_drawn(side, tmp_path):
 @pytest.mark.parametrize("script, args", [("train.py", ["fit"]), ("train_torch.py", []), ("train_fabric.py", [])])
 def test_more_classes_than_colours_switch_the_animation_off_in_one_line(script, args, tmp_path):
     """More than its seven colours: the animation is off, said in one line before training; the run trains."""
-    flags = ["--trainer.max_epochs=2", "--data.points_per_class=30", "--data.classes=9"]
+    flags = ["--trainer.max_epochs=2", "--data.dataset.points_per_class=30", "--data.dataset.classes=9"]
+    flags += ["--model.classes=9", "--model.net.out_features=9"]
     result = run(script, *args, *QUIET, *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     off = "decision boundary: off, 9 classes are more than the 7 colours it tells apart"

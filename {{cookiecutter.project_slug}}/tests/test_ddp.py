@@ -30,15 +30,15 @@ SIDES = tuple(COMMANDS)
 ARGS = [
     *QUIET,
     "--trainer.max_epochs=4",
-    "--data.points_per_class=100",
+    "--data.dataset.points_per_class=100",
     "--data.batch_size=32",
     "--data.val_batch_size=25",
-    "--model.dropout=0.3",
+    "--model.net.dropout=0.3",
     "--boundary.every_n_epochs=2",
 ]
 # For the Ctrl-C test: 900 points a process, 15 steps an epoch, 14 epochs: seconds to stop it in.
-LONGER = [*QUIET, "--trainer.max_epochs=14", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
-TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}
+LONGER = [*QUIET, "--trainer.max_epochs=14", "--boundary.every_n_epochs=0", "--model.net.dropout=0.3"]
+TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}  # what the essay's experiment logs, at least
 
 
 def launch(side: str, args: list[str], cwd: Path) -> Path:
@@ -59,10 +59,10 @@ def test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identica
 
     scalars = {side: event_scalars(directory) for side, directory in runs.items()}
     plain_scalars = scalars["torch"]
-    assert set(plain_scalars) == TAGS
+    assert TAGS <= set(plain_scalars)
     assert len(plain_scalars["train/loss"]) == 4 * 3  # each process trained on its half: 3 steps an epoch
     for side in ("lightning", "fabric"):
-        assert [tag for tag in TAGS if scalars[side][tag] != plain_scalars[tag]] == [], side
+        assert scalars[side] == plain_scalars, side  # every tag either writes, yours too
         assert differences(final_state(side, runs[side]), final_state("torch", runs["torch"])) == [], side
 
     # The control: one process on all the data is another run, so the equality above is DDP's.
@@ -113,7 +113,7 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
         done = subprocess.run([*TORCHRUN, str(script), *ARGS, *ACCUMULATING], cwd=cwd, env=ENV, capture_output=True)
         assert done.returncode == 0, done.stderr[-3000:]
         changed = differences(final_state(side, cwd / "logs" / side / "version_0"), final_state("torch", plain))
-        assert ".model.net.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
+        assert ".model.layers.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
 
 
 def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
@@ -141,7 +141,7 @@ def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
 def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_line(tmp_path):
     """A run in one process can stop mid-epoch; a DistributedSampler cannot go on from there. Each process says so
     in one line and exits with 1; torchrun then reports the failed processes its own way."""
-    args = [*QUIET, "--trainer.max_epochs=1", "--data.points_per_class=100", "--boundary.every_n_epochs=0"]
+    args = [*QUIET, "--trainer.max_epochs=1", "--data.dataset.points_per_class=100", "--boundary.every_n_epochs=0"]
     checkpoint = launch("torch", args, tmp_path) / "checkpoints" / "last.pt"
     saved = torch.load(checkpoint, weights_only=True)
     saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it

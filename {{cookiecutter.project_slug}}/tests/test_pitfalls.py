@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }} import pitfalls, pitfalls_lab
-from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.data import Spiral, SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
 from {{ cookiecutter.package_name }}.pitfalls_lab import FULL, QUICK, Lab, N, Run, graph_nodes, identical
 from {{ cookiecutter.package_name }}.pitfalls_rows import INTRO, ROWS, cells
@@ -47,7 +47,7 @@ def later_epochs(values: torch.Tensor, run: Run) -> torch.Tensor:
 def test_a_dtype_change_after_the_optimizer_changes_nothing_by_default(lab):
     correct = lab.run(dtype=torch.float64)
     late = moved(lab, "model.to(dtype)", "after the optimizer", dtype=torch.float64)
-    assert late.params["net.0.weight"].dtype == torch.float64
+    assert late.params["layers.0.weight"].dtype == torch.float64
     assert late.optimizer_has_model_params and correct.optimizer_has_model_params
     assert identical(correct, late)
 
@@ -213,7 +213,7 @@ def test_random_sampler_past_its_end_shuffles_later_epochs_differently():
 
 def test_the_projects_training_loader_agrees_either_way():
     def loader():
-        data = SpiralDataModule(points_per_class=100, batch_size=60)
+        data = SpiralDataModule(Spiral(points_per_class=100), batch_size=60)
         data.setup("fit")
         assert len(data.train_set) % 60 == 0
         return data.train_dataloader()

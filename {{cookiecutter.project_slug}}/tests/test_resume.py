@@ -33,15 +33,16 @@ from conftest import (
     differences,
     event_scalars,
     fit,
+    points,
     shut_down_workers,
     write_points,
 )
 from conftest import TINY as TINY_RUN
 
 # conftest's 4-epoch run, with dropout on.
-TINY = [*TINY_RUN, "--model.dropout=0.3"]
+TINY = [*TINY_RUN, "--model.net.dropout=0.3"]
 # For the kill tests: the default 1800 training points, 29 steps an epoch, 348 in all: seconds to kill in.
-LONGER = [*QUIET, "--trainer.max_epochs=12", "--boundary.every_n_epochs=0", "--model.dropout=0.3"]
+LONGER = [*QUIET, "--trainer.max_epochs=12", "--boundary.every_n_epochs=0", "--model.net.dropout=0.3"]
 WORKERS = ["--data.num_workers=2", "--data.persistent_workers=true"]
 SKIP = {"callbacks", "pytorch-lightning_version"}  # ModelCheckpoint's state holds the run's own paths
 
@@ -229,7 +230,7 @@ def test_without_the_random_state_a_resumed_run_with_dropout_differs(tmp_path, m
     del checkpoint["rng"]
     torch.save(checkpoint, path)
     fit("lightning", [*TINY, "--ckpt_path=last"])
-    assert ".state_dict.model.net.0.weight" in mismatches(final(tmp_path, "lightning"), expected)
+    assert ".state_dict.net.layers.0.weight" in mismatches(final(tmp_path, "lightning"), expected)
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -244,11 +245,11 @@ def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path,
 
 @pytest.mark.parametrize("side", SIDES)
 def test_ckpt_path_last_alone_goes_on_with_the_runs_csv_of_5_features(side, tmp_path, monkeypatch, capsys, reference):
-    """data.path comes from the checkpoint, and with it model.in_features, 5: the model is built to take it."""
+    """data.dataset, a CSV, comes from the checkpoint, and with it model.net of 5 inputs, built to take it."""
     generator = torch.Generator().manual_seed(5)
     X, y = torch.randn(300, 5, generator=generator), torch.arange(300) % 3
     path = write_points(tmp_path / "five.csv", X, y)
-    args = [*TINY, f"--data.path={path}"]
+    args = [*TINY, *points(path, features=5)]
     expected = reference(side, args)
     monkeypatch.chdir(tmp_path)
     interrupted(side, args, signal.SIGINT, 7, capsys)

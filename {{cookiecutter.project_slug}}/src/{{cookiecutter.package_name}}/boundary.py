@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from {{ cookiecutter.package_name }}.machinery.loaders import drawing_from, stacked
 
 # Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
 PALETTE = torch.tensor(
@@ -82,21 +85,6 @@ def gif_palette() -> Image.Image:
     return palette
 
 
-def switch_off_if_undrawable(config) -> None:
-    """The entry points, before training: for points of other than 2 features, or more classes than colours, the
-    animation is off, said in one line."""
-    if not config.boundary.every_n_epochs:
-        return
-    if config.model.in_features != 2:
-        reason = f"the points have {config.model.in_features} features, and it draws the plane of 2"
-    elif config.data.classes > len(PALETTE):
-        reason = f"{config.data.classes} classes are more than the {len(PALETTE)} colours it tells apart"
-    else:
-        return
-    print(f"decision boundary: off, {reason}", file=sys.stderr)
-    config.boundary.every_n_epochs = 0
-
-
 class BoundaryAnimation:
     """Collects frames every `every_n_epochs` epochs and writes them as a GIF."""
 
@@ -118,18 +106,44 @@ class BoundaryAnimation:
         self.every_n_epochs, self.resolution, self.scale, self.frame_ms = every_n_epochs, resolution, scale, frame_ms
         self.frames: list[Image.Image] = []
 
+    def switch_off_if_undrawable(self, dataset: Dataset, say: bool = True) -> None:
+        """Before training: for inputs other than points of 2 features, or more classes than colours, the
+        animation is off, said in one line (`say`: by this process)."""
+        if not self.every_n_epochs:
+            return
+        with drawing_from(0):  # a dataset that draws in __getitem__ leaves the run's random numbers alone
+            shape = tuple(dataset[0][0].shape)
+        if shape != (2,):
+            reason = f"the inputs are of shape {shape}, and it draws the plane of points of 2 features"
+        elif (classes := int(stacked(dataset)[1].max()) + 1) > len(PALETTE):
+            reason = f"{classes} classes are more than the {len(PALETTE)} colours it tells apart"
+        else:
+            return
+        if say:
+            print(f"decision boundary: off, {reason}", file=sys.stderr)
+        self.every_n_epochs = 0
+
     def wants(self, epoch: int) -> bool:
         """Whether to draw after `epoch` (counted from 0)."""
         return self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
 
-    def frame(self, model: nn.Module, X: Tensor, y: Tensor, epoch: int, val_acc: float) -> np.ndarray:
-        """Draw the model as it is now, leaving its train/eval mode and every RNG as they were; (H, W, 3) uint8."""
+    def frame(self, model: nn.Module, points: Dataset, epoch: int, val_loss: float) -> np.ndarray:
+        """Draw the model as it is now over `points`, leaving its train/eval mode and every RNG as they were;
+        (H, W, 3) uint8."""
         was_training = model.training
         model.eval()
-        image = render(model, X, y, self.resolution, self.scale, f"epoch {epoch + 1}   val acc {val_acc:.3f}")
+        X, y = stacked(points)
+        image = render(model, X, y, self.resolution, self.scale, f"epoch {epoch + 1}   val loss {val_loss:.3f}")
         model.train(was_training)
         self.frames.append(image.quantize(palette=gif_palette(), dither=Image.Dither.NONE))
         return np.asarray(self.frames[-1].convert("RGB"))
+
+    def draw(self, model: nn.Module, points: Dataset, epoch: int, val_loss: float, writer, step: int) -> None:
+        """A frame, kept for the GIF and, with a `writer` (a SummaryWriter), logged as TAG at `step`: the step of
+        the epoch's last optimizer step, where val/loss is logged too."""
+        image = self.frame(model, points, epoch, val_loss)
+        if writer is not None:
+            writer.add_image(TAG, image, step, dataformats="HWC")
 
     def save(self, path: Path) -> Path | None:
         if not self.frames:
@@ -141,17 +155,19 @@ class BoundaryAnimation:
 class DecisionBoundary(BoundaryAnimation, L.Callback):
     """The animation for `python train.py fit`: a frame after each validation, the GIF when fit ends."""
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # the DataModule is set up by now
+            self.switch_off_if_undrawable(trainer.datamodule.val_set, say=trainer.is_global_zero)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not self.wants(trainer.current_epoch):
             return
         if not trainer.is_global_zero:  # under DDP, rank 0 draws the animation alone
             return
-        X, y = trainer.datamodule.val_set.tensors
-        val_acc = trainer.callback_metrics["val/acc"].item()
-        image = self.frame(pl_module.model, X, y, trainer.current_epoch, val_acc)
-        if trainer.logger is not None:
-            # The step of the epoch's last optimizer step, where val/loss is logged too.
-            trainer.logger.experiment.add_image(TAG, image, trainer.global_step - 1, dataformats="HWC")
+        val_loss = trainer.callback_metrics["val/loss"].item()
+        writer = trainer.logger.experiment if trainer.logger is not None else None
+        points, epoch = trainer.datamodule.val_set, trainer.current_epoch
+        self.draw(pl_module.net, points, epoch, val_loss, writer, trainer.global_step - 1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = Path(trainer.log_dir) / "decision_boundary.gif"  # under DDP, every process asks rank 0 for log_dir

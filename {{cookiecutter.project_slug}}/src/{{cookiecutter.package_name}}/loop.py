@@ -13,20 +13,19 @@ row by row.
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
-from {{ cookiecutter.package_name }}.model import MLP
+from {{ cookiecutter.package_name }}.metrics import metrics
 
 # The dtype autocast computes the forward in, per Trainer(precision=...); 32-bit: none.
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def fit(data: SpiralDataModule, hp, run: PlainRun):
-    """Train an MLP on `data` with `hp` (seed, hidden, dropout, lr, classes, max_epochs,
-    gradient_clip_val, precision, accumulate_grad_batches: the config's values); return the
-    model, optimizer and scheduler."""
+    """Train `hp.net()` on `data` with `hp` (seed, net, classes, lr, max_epochs, gradient_clip_val,
+    precision, accumulate_grad_batches: the config's values); return the model, optimizer and
+    scheduler."""
     torch.manual_seed(hp.seed)  # seed_everything
     device = run.device  # Trainer(accelerator=...)
 
@@ -36,11 +35,11 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     val_loader = data.val_dataloader()  # LightningDataModule.val_dataloader
 
     # --- model, loss, metrics: LightningModule.__init__ ---
-    model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)
+    model = hp.net()  # the network the config's model.net names: the MLP, or yours
     model.to(device)  # the Trainer, before configure_optimizers
     criterion = nn.CrossEntropyLoss()
     val_loss = MeanMetric(nan_strategy="disable").to(device)  # weighted by batch size; NaN stays
-    val_acc = MulticlassAccuracy(hp.classes, average="micro").to(device)
+    val_metrics = metrics(hp.classes, "val/").to(device)  # metrics.py: val/acc, and yours
 
     # --- optimizer, scheduler: configure_optimizers ---
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)
@@ -87,6 +86,6 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
                 with autocast:  # the precision plugin, around validation_step
                     val_logits = model(X_val)  # validation_step
                     val_loss.update(criterion(val_logits, y_val), weight=len(y_val))
-                    val_acc.update(val_logits, y_val)  # validation_step
-        run.epoch_end(epoch, val_loss, val_acc)  # self.log("val/..."), callbacks, checkpoint
+                    val_metrics.update(val_logits, y_val)  # validation_step
+        run.epoch_end(epoch, val_loss, val_metrics)  # self.log("val/..."), callbacks, checkpoint
     return model, optimizer, scheduler

@@ -16,16 +16,15 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
-from {{ cookiecutter.package_name }}.model import MLP
+from {{ cookiecutter.package_name }}.metrics import metrics
 
 
 def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
-    """Train an MLP on `data` with `hp` (loop.fit's) and `fabric`; return the model, optimizer and
-    scheduler, as Fabric wraps them."""
+    """Train `hp.net()` on `data` with `hp` (loop.fit's) and `fabric`; return the model,
+    optimizer and scheduler, as Fabric wraps them."""
     fabric.seed_everything(hp.seed)  # Fabric: torch.manual_seed(hp.seed); seed_everything
     device = fabric.device  # Fabric: run.device; Trainer(accelerator=...)
 
@@ -35,10 +34,10 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
     val_loader = data.val_dataloader()  # LightningDataModule.val_dataloader
 
     # --- model, loss, metrics: LightningModule.__init__ ---
-    model = MLP(hp.in_features, hp.hidden, hp.classes, hp.dropout)
+    model = hp.net()  # the network the config's model.net names: the MLP, or yours
     criterion = nn.CrossEntropyLoss()
     val_loss = MeanMetric(nan_strategy="disable").to(device)  # weighted by batch size; NaN stays
-    val_acc = MulticlassAccuracy(hp.classes, average="micro").to(device)
+    val_metrics = metrics(hp.classes, "val/").to(device)  # metrics.py: val/acc, and yours
 
     # --- optimizer, scheduler: configure_optimizers ---
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr)
@@ -83,6 +82,6 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
             for X_val, y_val in val_loader:  # on the device: Fabric
                 val_logits = model(X_val)  # validation_step; in autocast: Fabric
                 val_loss.update(criterion(val_logits, y_val), weight=len(y_val))
-                val_acc.update(val_logits, y_val)  # validation_step
-        run.epoch_end(epoch, val_loss, val_acc)  # self.log("val/..."), callbacks, checkpoint
+                val_metrics.update(val_logits, y_val)  # validation_step
+        run.epoch_end(epoch, val_loss, val_metrics)  # self.log("val/..."), callbacks, checkpoint
     return model, optimizer, scheduler

@@ -1,14 +1,26 @@
-"""The MLP: a plain `nn.Module`, shared by the Lightning module and the plain PyTorch loop."""
+"""The MLP: a plain `nn.Module`, shared by the Lightning module and the plain PyTorch loop.
 
+configs/default.yaml names it as model.net; the types of its arguments reject nonsense before training starts.
+"""
+
+from jsonargparse.typing import PositiveInt, restricted_number_type
 from torch import Tensor, nn
+
+Probability = restricted_number_type("Probability", float, [(">=", 0), ("<", 1)])
 
 
 class MLP(nn.Module):
     """Two hidden layers of `hidden` units with ReLU; dropout after each when `dropout > 0`."""
 
-    def __init__(self, in_features: int = 2, hidden: int = 128, out_features: int = 3, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_features: PositiveInt = 2,
+        hidden: PositiveInt = 128,
+        out_features: PositiveInt = 3,
+        dropout: Probability = 0.0,
+    ):
         super().__init__()
-        self.net = nn.Sequential(
+        self.layers = nn.Sequential(
             nn.Linear(in_features, hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
@@ -20,4 +32,4 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (batch, in_features) -> (batch, out_features) logits
-        return self.net(x)
+        return self.layers(x)

@@ -1,4 +1,4 @@
-"""The LightningModule: the system around the MLP, one hook per line of the plain loop in loop.py.
+"""The LightningModule: the system around the network, a hook per line of the plain loop, loop.py.
 
     python train.py fit                  # trains it on configs/default.yaml
 
@@ -10,48 +10,42 @@ that have no hook here are the Trainer's, with its defaults: `optimizer.zero_gra
 docs/side_by_side.md shows the two files line for line.
 """
 
+import warnings
+
 import lightning as L
 import torch
-from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import ExactResume
-from {{ cookiecutter.package_name }}.model import MLP
+from {{ cookiecutter.package_name }}.metrics import metrics
 
-Probability = restricted_number_type("Probability", float, [(">=", 0), ("<", 1)])
-Batch = tuple[Tensor, Tensor]  # (X, y): (batch, in_features) float32 points, (batch,) int64 labels
+Batch = tuple[Tensor, Tensor]  # (X, y): (batch, ...) float32 inputs, (batch,) int64 labels
 
 
 # ExactResume (machinery/checkpoints.py): checkpoints keep the RNG state; other shapes are refused.
 class SpiralClassifier(ExactResume, L.LightningModule):
-    def __init__(
-        self,
-        hidden: PositiveInt = 128,
-        dropout: Probability = 0.0,
-        lr: PositiveFloat = 1e-3,
-        classes: PositiveInt = 3,
-        in_features: PositiveInt = 2,
-    ):
+    def __init__(self, net: nn.Module, classes: PositiveInt = 3, lr: PositiveFloat = 1e-3):
         """
         Args:
-            hidden: Units in each hidden layer.
-            dropout: Dropout probability after each hidden layer, in [0, 1).
+            net: The network, inputs to `classes` logits: configs/default.yaml's MLP, or your own.
+            classes: Number of classes the metrics tell apart.
             lr: Adam's learning rate; cosine annealing takes it to 0 over trainer.max_epochs.
-            classes: Number of classes (train.py links it to data.classes).
-            in_features: Features per point (train.py links it to data.path: the CSV's, or 2).
         """
         super().__init__()
-        self.save_hyperparameters()
-        self.model = MLP(in_features, hidden, classes, dropout)
+        with warnings.catch_warnings():
+            # From the config, `net` is kept as its class_path and init_args, which resuming reads
+            # back; Lightning's advice to leave it out is for a net passed in as a module.
+            warnings.filterwarnings("ignore", "Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        self.net = net
         self.criterion = nn.CrossEntropyLoss()
-        self.example_input_array = torch.zeros(1, in_features)  # the model summary's sizes, FLOPs
-        # Epoch metrics, as in loop.py: loss weighted by batch size, accuracy over all points.
+        # Epoch metrics, as in loop.py: the loss weighted by batch size, the rest over all points.
         self.val_loss = MeanMetric(nan_strategy="disable")  # NaN stays NaN: StopOnNonFiniteLoss
-        self.val_acc = MulticlassAccuracy(classes, average="micro")
+        self.val_metrics = metrics(classes, "val/")  # metrics.py: val/acc, and yours
         self.test_loss = MeanMetric(nan_strategy="disable")
-        self.test_acc = MulticlassAccuracy(classes, average="micro")
+        self.test_metrics = metrics(classes, "test/")
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -63,7 +57,7 @@ class SpiralClassifier(ExactResume, L.LightningModule):
         }
 
     def forward(self, X: Tensor) -> Tensor:
-        return self.model(X)
+        return self.net(X)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         X_batch, y_batch = batch
@@ -76,15 +70,15 @@ class SpiralClassifier(ExactResume, L.LightningModule):
         X_val, y_val = batch
         val_logits = self(X_val)
         self.val_loss.update(self.criterion(val_logits, y_val), weight=len(y_val))
-        self.val_acc.update(val_logits, y_val)
-        self.log_dict({"val/loss": self.val_loss, "val/acc": self.val_acc}, prog_bar=True)
+        self.val_metrics.update(val_logits, y_val)
+        self.log_dict({"val/loss": self.val_loss, **self.val_metrics}, prog_bar=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         X_test, y_test = batch
         test_logits = self(X_test)
         self.test_loss.update(self.criterion(test_logits, y_test), weight=len(y_test))
-        self.test_acc.update(test_logits, y_test)
-        self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc}, prog_bar=True)
+        self.test_metrics.update(test_logits, y_test)
+        self.log_dict({"test/loss": self.test_loss, **self.test_metrics}, prog_bar=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         X, _ = batch

@@ -25,7 +25,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from {{ cookiecutter.package_name }}.data import SpiralDataModule
+from {{ cookiecutter.package_name }}.data import Spiral, SpiralDataModule
 from {{ cookiecutter.package_name }}.model import MLP
 
 
@@ -190,9 +190,8 @@ def train(
             raise ValueError(f"cannot put {line!r} {place!r}: the lines are {list(CORRECT)}, the places {PLACES}")
     places = {**CORRECT, **(move or {})}
     torch.manual_seed(s.seed)
-    data = SpiralDataModule(
-        points_per_class=s.points_per_class, batch_size=s.batch_size, val_batch_size=s.val_batch_size, seed=s.seed
-    )
+    spiral = Spiral(points_per_class=s.points_per_class)
+    data = SpiralDataModule(spiral, batch_size=s.batch_size, val_batch_size=s.val_batch_size, seed=s.seed)
     data.setup("fit")
     if loader_generator:
         loader = data.train_dataloader()
@@ -315,7 +314,7 @@ def ddp_process(rank: int, s: Settings, directory: str) -> None:
     torch.set_num_threads(1)
     dist = torch.distributed
     dist.init_process_group("gloo", init_method=f"file://{directory}/store", rank=rank, world_size=2)
-    data = SpiralDataModule(points_per_class=s.points_per_class, batch_size=s.batch_size, seed=s.seed)
+    data = SpiralDataModule(Spiral(points_per_class=s.points_per_class), batch_size=s.batch_size, seed=s.seed)
     data.setup("fit")
     loader = DataLoader(data.train_set, s.batch_size, sampler=DistributedSampler(data.train_set, seed=s.seed))
     criterion = nn.CrossEntropyLoss()

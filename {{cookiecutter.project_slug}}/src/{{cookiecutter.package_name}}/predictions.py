@@ -6,16 +6,20 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from {{ cookiecutter.package_name }}.machinery.loaders import stacked
+
 
 class PredictionWriter(BasePredictionWriter):
-    """One row per point: its features x1, ..., xn, its label, the probability of each class, the predicted class."""
+    """One row per item of the dataset, in its order: its input's values x1, ..., xn (flattened), its label, the
+    probability of each class, the predicted class."""
 
     def __init__(self, filename: str = "predictions.csv"):
         super().__init__(write_interval="epoch")
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        X, y = trainer.predict_dataloaders.dataset.tensors
+        X, y = stacked(trainer.predict_dataloaders.dataset)
+        X = X.flatten(start_dim=1)
         probabilities = torch.cat(predictions)
         path = Path(trainer.log_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)

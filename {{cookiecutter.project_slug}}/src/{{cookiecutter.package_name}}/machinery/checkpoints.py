@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from fsspec.implementations.local import LocalFileSystem
+from jsonargparse import Namespace
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -169,9 +170,8 @@ def read_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, A
     return checkpoint
 
 
-# Settings a checkpoint does not decide: how the data is loaded, and model.classes and model.in_features, which
-# data.classes and data.path set.
-NOT_ADOPTED = {"model": ("classes", "in_features"), "data": ("num_workers", "pin_memory"), "trainer": ()}
+# Settings a checkpoint does not decide: how the data is loaded.
+NOT_ADOPTED = {"model": (), "data": ("num_workers", "pin_memory"), "trainer": ()}
 
 
 def adopt_checkpoint(
@@ -198,24 +198,44 @@ def adopt_checkpoint(
         for key, value in saved.items():
             if key.startswith("_") or key in NOT_ADOPTED[section] or key not in config[section]:
                 continue
-            current = config[section][key]
+            current, default = (plain(settings[section][key]) for settings in (config, defaults))
             if current == value:
                 continue
-            if current != defaults[section][key]:
-                conflicts.append(f"{section}.{key}={current!r} (the checkpoint's: {value!r})")
-            else:
-                config[section][key] = value
-    # The links from data.* to model.*, anew: data.classes and data.path may be the checkpoint's.
-    from {{ cookiecutter.package_name }}.data import features_in  # here: data.py imports this module, by loaders.py
-
-    config.model.classes = config.data.classes
-    config.model.in_features = features_in(config.data.path)
+            if current != default:
+                conflicts += [
+                    f"{name}={now!r} (the checkpoint's: {was!r})"
+                    for name, now, was in differing(f"{section}.{key}", current, value)
+                ]
+            else:  # a network or dataset, {class_path, init_args}, as the parser holds it
+                config[section][key] = as_parsed(value)
     run = run_directory(path, root)
     if conflicts:
         config_file = run / "config.yaml" if run is not None else None
         own = f"; --config {config_file} gives the run's own" if config_file and config_file.is_file() else ""
         raise CheckpointError(f"{path} was trained with other settings: {', '.join(conflicts)}{own}")
     return checkpoint, run
+
+
+def plain(value: Any) -> Any:
+    """A setting as a checkpoint keeps it: a network's or dataset's Namespace as a dict."""
+    return value.as_dict() if isinstance(value, Namespace) else value
+
+
+def differing(name: str, current: Any, saved: Any) -> list[tuple[str, Any, Any]]:
+    """(name, current, saved) of each setting that differs, into a network's or dataset's init_args:
+    model.net.hidden, not all of model.net."""
+    classes = [value.get("class_path") if isinstance(value, dict) else value for value in (current, saved)]
+    if not isinstance(current, dict) or classes[0] != classes[1]:
+        return [] if current == saved else [(name, current, saved)]
+    now, was = current.get("init_args", {}), saved.get("init_args", {})
+    return [found for key in {**was, **now} for found in differing(f"{name}.{key}", now.get(key), was.get(key))]
+
+
+def as_parsed(value: Any) -> Any:
+    """A setting read back from a checkpoint as the parser holds it: a dict as a Namespace."""
+    if isinstance(value, dict):
+        return Namespace(**{key: as_parsed(item) for key, item in value.items()})
+    return value
 
 
 def check_shapes(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], checkpoint: str) -> None:

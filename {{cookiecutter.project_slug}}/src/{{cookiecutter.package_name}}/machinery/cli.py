@@ -4,8 +4,11 @@ jsonargparse's parser prints the whole usage (60-odd lines here) before its erro
 error alone, on one line, and where the options are listed. train.py: `LightningCLI(parser_class=...)`.
 `settings_problem()` is what both entry points refuse before anything is written, in the same words.
 `quiet()` silences what third parties print that says nothing about this run, each by its message and module.
+`instantiate()` makes what a config names by class_path and init_args, as LightningCLI does: the plain and Fabric
+loops' network and data.
 """
 
+import importlib
 import logging
 import re
 import signal
@@ -13,13 +16,17 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch.cli import LightningArgumentParser
+from torch import nn
+from torch.utils.data import Dataset
 
 from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+from {{ cookiecutter.package_name }}.machinery.loaders import drawing_from
 from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, device_for
 
 
@@ -36,6 +43,13 @@ class OneLineErrors:
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         reason = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        # `X | None` (data.dataset, data.augment): the reason X was refused, not the list of every type's.
+        reason = re.sub(
+            r"Does not validate against any of the Union subtypes .*? Errors: - (.*?)"
+            r" - Expected a <class 'NoneType'>.*",
+            r"\1",
+            reason,
+        )
         prog = parser.prog.replace(" [options]", "")
         print(f"error: {reason} (options: {prog} --help)", file=sys.stderr)
         sys.exit(2)
@@ -89,10 +103,9 @@ def settings_problem(config: Namespace) -> str | None:
     seed = config.seed_everything
     if isinstance(seed, int) and not isinstance(seed, bool) and seed not in SEEDS:
         return f"seed_everything must be in 0..{SEEDS[-1]}, got {seed}"
-    for section in ("model", "data"):
-        for key, value in vars(config[section]).items():
-            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
-                return f"{section}.{key} must be finite (in float32, the model's dtype), got {value!r}"
+    for key, value in vars(Namespace(model=config.model, data=config.data).as_flat()).items():
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+            return f"{key.replace('.init_args', '')} must be finite (in float32, the model's dtype), got {value!r}"
     available = GPUS.get(str(trainer.accelerator))
     if available is not None and not available():
         return f"trainer.accelerator={trainer.accelerator!r}, but torch finds no such device here"
@@ -138,3 +151,55 @@ def quiet() -> None:
     )
     # Lightning's CLI code calls jsonargparse in ways jsonargparse has deprecated (skip_none, parse_object).
     warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning, module="lightning.pytorch.cli")
+
+
+def plain_numbers(value: Any) -> Any:
+    """`value` with jsonargparse's checked numbers (PositiveInt, ...) as plain int and float, in place in a Namespace.
+
+    Checked once, they have done their work; kept, they would reach a checkpoint, which torch.load(weights_only=True)
+    refuses, and LightningCLI's YAML dump of the config, which fails on them where a class of yours takes an argument
+    of the MLP's name untyped (`--model.net=YourNet` keeps the values it can)."""
+    if isinstance(value, Namespace):
+        for key, item in vars(value).items():
+            setattr(value, key, plain_numbers(item))
+        return value
+    if isinstance(value, list):
+        return [plain_numbers(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (int if isinstance(value, int) else float)(value)
+    return value
+
+
+def instantiate(value: Any) -> Any:
+    """`value` with every {class_path, init_args} in it made into the object it names, as LightningCLI makes them
+    (a Namespace of the config, or a dict of a config file)."""
+    if isinstance(value, dict):
+        value = Namespace(**value)
+    if isinstance(value, Namespace) and "class_path" in value:
+        module, name = value.class_path.rsplit(".", 1)
+        init_args = instantiate(value.get("init_args") or Namespace())
+        return getattr(importlib.import_module(module), name)(**vars(init_args))
+    if isinstance(value, Namespace):
+        return Namespace(**{key: instantiate(item) for key, item in vars(value).items()})
+    if isinstance(value, list):
+        return [instantiate(item) for item in value]
+    return value
+
+
+def net_problem(net: nn.Module, dataset: Dataset, classes: int) -> str | None:
+    """Why `net` cannot train on `dataset` for `classes` classes, in one line; None if it can. One item goes
+    through it in eval mode, without gradients, its random numbers pinned: nothing of the run changes."""
+    with drawing_from(0), torch.no_grad():
+        X, _ = dataset[0]
+        was_training = net.training
+        try:
+            logits = net.eval()(torch.as_tensor(X)[None])
+        except Exception as error:  # the net's own message says what it expected
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return f"model.net cannot take the dataset's inputs, of shape {tuple(X.shape)}: {reason}"
+        finally:
+            net.train(was_training)
+    if tuple(logits.shape) != (1, classes):
+        made = tuple(logits.shape[1:])
+        return f"model.net makes outputs of shape {made} of an input, where model.classes={classes} needs ({classes},)"
+    return None

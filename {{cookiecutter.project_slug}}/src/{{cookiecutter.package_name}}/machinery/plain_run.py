@@ -30,10 +30,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 from tqdm import tqdm
 
-from {{ cookiecutter.package_name }}.boundary import TAG, BoundaryAnimation
 from {{ cookiecutter.package_name }}.machinery.checkpoints import atomic_save, rng_state, set_rng_state
 from {{ cookiecutter.package_name }}.machinery.loaders import distributed, with_sampler
 from {{ cookiecutter.package_name }}.machinery.stopping import (
@@ -48,10 +47,10 @@ class PlainRun:
     """How one run of the plain loop is controlled: where it logs and checkpoints, what it resumes, how it stops."""
 
     writer: Any  # a SummaryWriter: TensorBoardLogger's; NoWriter on the other processes of a DDP run
-    model_hparams: dict[str, Any]  # the model settings, kept in the checkpoint (the LightningModule's hparams)
+    hparams: dict[str, Any]  # the config's model and data settings, kept in the checkpoint
     device: torch.device = torch.device("cpu")
     progress_bar: bool = True
-    boundary: BoundaryAnimation | None = None  # the DecisionBoundary callback
+    boundary: Any = None  # the DecisionBoundary callback: boundary.py's BoundaryAnimation
     checkpoint: Path | None = None  # last.pt, written at every epoch's end (ModelCheckpoint(save_last=True))
     resume: dict[str, Any] | None = None  # a checkpoint read back: Trainer.fit(ckpt_path=...)
     stop: StopRequest | None = None  # Ctrl-C and SIGTERM: the GracefulStop callback
@@ -133,20 +132,19 @@ class PlainRun:
             self._save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
             raise StoppedBySignal(self.stop.signal, self.step, epoch)
 
-    def epoch_end(self, epoch: int, val_loss: Metric, val_acc: Metric) -> None:
+    def epoch_end(self, epoch: int, val_loss: Metric, val_metrics: MetricCollection) -> None:
         """After validation: self.log("val/..."), StopOnNonFiniteLoss, DecisionBoundary, the metrics' reset,
         ModelCheckpoint(save_last=True), GracefulStop, in the order Lightning runs them."""
+        loss = val_loss.compute()
         # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
-        self._log("val/loss", val_loss.compute().item(), self.step - 1)
-        self._log("val/acc", val_acc.compute().item(), self.step - 1)
-        if not torch.isfinite(val_loss.compute()):
-            raise NonFiniteLossError("val/loss", val_loss.compute().item(), self.step - 1, epoch)
+        for tag, value in {"val/loss": loss, **val_metrics.compute()}.items():
+            self._log(tag, value.item(), self.step - 1)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError("val/loss", loss.item(), self.step - 1, epoch)
         if self.boundary is not None and self.boundary.wants(epoch):
-            X_val, y_val = self._data.val_set.tensors
-            image = self.boundary.frame(self._model, X_val, y_val, epoch, val_acc.compute().item())
-            self.writer.add_image(TAG, image, self.step - 1, dataformats="HWC")
+            self.boundary.draw(self._model, self._data.val_set, epoch, loss.item(), self.writer, self.step - 1)
         val_loss.reset()
-        val_acc.reset()
+        val_metrics.reset()
         self._save(epoch + 1)
         if self.stop is not None and self.stop.signal:
             raise StoppedBySignal(self.stop.signal, self.step, epoch)
@@ -165,8 +163,7 @@ class PlainRun:
             "data": self._data.state_dict(),  # LightningDataModule.state_dict
             "loader": self._loader.state_dict(),  # the fit loop's "combined_loader": order and position
             "rng": rng_state(),  # ExactResume.on_save_checkpoint
-            # "hyper_parameters", "datamodule_hyper_parameters"
-            "hparams": {"model": self.model_hparams, "data": dict(self._data.hparams)},
+            "hparams": self.hparams,  # "hyper_parameters", "datamodule_hyper_parameters"
         }
         self._write(checkpoint)
         self.writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to here
