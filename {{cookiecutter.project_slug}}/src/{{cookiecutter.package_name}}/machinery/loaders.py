@@ -148,8 +148,8 @@ class Pinned(Dataset):
     the workers in turn: a draw in `__getitem__` would depend on the number of workers, and a resumed epoch, which
     hands its remaining batches to workers starting afresh, would draw other numbers. Here each sample draws from
     the seed EpochShuffle drew for it with the epoch's order (and the checkpoint keeps): torch's, numpy's and
-    Python's random numbers, the main process's left as they were. Under DDP the DistributedSampler gives the index
-    alone: the draws then come from each worker's stream, the same in the three loops, at the ends of epochs.
+    Python's random numbers, the process's own put back after each batch. Under DDP the DistributedSampler gives the
+    index alone: the draws then come from each worker's stream, the same in the three loops, at the ends of epochs.
     """
 
     def __init__(self, dataset: Dataset, augment: Callable[[Tensor], Tensor] | None = None):
@@ -159,28 +159,47 @@ class Pinned(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        with drawing_from(seed):
-            X, y = self.dataset[index]
-            return (X if self.augment is None else self.augment(X)), y
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list:
+        """A batch's samples: DataLoader asks for them at once, so the random state is kept once a batch."""
+        if not keys or not isinstance(keys[0], tuple):  # bare indices (DDP): the stream they are drawn in
+            return [self._drawn(index) for index in keys]
+        with kept_random_state():
+            return [self._drawn(index, seed) for index, seed in keys]
+
+    def _drawn(self, index: int, seed: int | None = None):
+        if seed is not None:
+            seed_all(seed)
+        X, y = self.dataset[index]
+        return (X if self.augment is None else self.augment(X)), y
+
+
+def seed_all(seed: int) -> None:
+    """torch's (CPU), numpy's and Python's global random numbers drawn from `seed` on."""
+    torch.default_generator.manual_seed(seed)  # torch.manual_seed seeds every device too, 100 times slower
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 @contextmanager
-def drawing_from(seed: int | None) -> Iterator[None]:
-    """torch's, numpy's and Python's global random numbers drawn from `seed` inside, as they were after."""
-    if seed is None:
-        yield
-        return
+def kept_random_state() -> Iterator[None]:
+    """torch's (CPU), numpy's and Python's global random numbers, after, as they were before."""
     python, numpy = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
         try:
             yield
         finally:
             random.setstate(python)
             np.random.set_state(numpy)
+
+
+@contextmanager
+def drawing_from(seed: int) -> Iterator[None]:
+    """Inside, the global random numbers drawn from `seed`; after, as they were."""
+    with kept_random_state():
+        seed_all(seed)
+        yield
 
 
 class TensorBatches(TensorDataset):
