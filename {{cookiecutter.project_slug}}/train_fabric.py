@@ -27,7 +27,6 @@ if __name__ == "__main__":  # first: a Ctrl-C while the libraries load is one li
 
     signal.signal(signal.SIGINT, stop_at_once)
 
-import importlib
 import os
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from lightning.fabric.loggers import TensorBoardLogger
 
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation
 from {{ cookiecutter.package_name }}.loop_fabric import fit
-from {{ cookiecutter.package_name }}.machinery.cli import one_line_errors, quiet
+from {{ cookiecutter.package_name }}.machinery.cli import instantiate, named, one_line_errors, quiet
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
 from {{ cookiecutter.package_name }}.machinery.plain_run import launched_by_torchrun
 from train_torch import keep_config, loop_settings, parse, prepare, report, stopping
@@ -49,11 +48,10 @@ STRATEGIES = ("auto", "ddp")  # what the Fabric loop computes as the Trainer doe
 def plugin(spec):
     """A trainer.plugins entry of the config, {class_path, init_args}, as the object it names; a
     Trainer's precision plugin as Fabric's of the same name (MixedPrecision: Fabric's)."""
-    module, name = spec.class_path.rsplit(".", 1)
-    made = getattr(importlib.import_module(module), name)
-    if issubclass(made, lightning.pytorch.plugins.Precision):
-        made = getattr(lightning.fabric.plugins, name)
-    return made(**spec.get("init_args", {}))
+    if issubclass(named(spec.class_path), lightning.pytorch.plugins.Precision):
+        spec = spec.clone()
+        spec.class_path = f"lightning.fabric.plugins.{spec.class_path.rsplit('.', 1)[1]}"
+    return instantiate(spec)
 
 
 def main(args: list[str] | None = None):

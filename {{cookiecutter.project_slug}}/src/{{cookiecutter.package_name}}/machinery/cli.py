@@ -170,15 +170,20 @@ def plain_numbers(value: Any) -> Any:
     return value
 
 
+def named(class_path: str) -> type:
+    """The class a config names by its dotted path."""
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 def instantiate(value: Any) -> Any:
     """`value` with every {class_path, init_args} in it made into the object it names, as LightningCLI makes them
     (a Namespace of the config, or a dict of a config file)."""
     if isinstance(value, dict):
         value = Namespace(**value)
     if isinstance(value, Namespace) and "class_path" in value:
-        module, name = value.class_path.rsplit(".", 1)
         init_args = instantiate(value.get("init_args") or Namespace())
-        return getattr(importlib.import_module(module), name)(**vars(init_args))
+        return named(value.class_path)(**vars(init_args))
     if isinstance(value, Namespace):
         return Namespace(**{key: instantiate(item) for key, item in vars(value).items()})
     if isinstance(value, list):
