@@ -6,6 +6,10 @@ only after the directory exists, and cookiecutter then removes just the last par
 would leave `a/` behind; an empty slug or `.` would stop cookiecutter with a message that names no
 answer). Then here, as the pre-gen hook, for `cookiecutter --replay`, which skips that rendering.
 
+`normalised` gives a choice's canonical spelling (`mit` -> `MIT`, `y` -> `yes`); local_extensions.py applies it
+to every answer before the checks, so that the spelling that lands in pyproject.toml and LICENSE is the
+canonical one. Under `--replay` this hook sees the answers as the replay file holds them and refuses any other.
+
 Cookiecutter renders this file with Jinja before running it. Each answer comes in as JSON inside a raw
 string: Jinja's tojson escapes quotes, backslashes and apostrophes (as \\u0027) and writes no newline, so
 no answer can end the string early, and json.loads gives back the exact text.
@@ -17,6 +21,8 @@ import re
 import sys
 import unicodedata
 from email.headerregistry import Address
+
+from slugify import slugify  # python-slugify: cookiecutter's own `slugify` filter, which makes the default slug
 
 # Imported by the generated project, its dependencies or its dev tools: a package of the same name would shadow
 # them. The top-level modules of the distributions installed with the project's dependencies and dev extra
@@ -86,8 +92,36 @@ def suggestion(answers: dict) -> str:
     return name if package_problem(name) is None else f"{name}_pkg"
 
 
-def problems(answers: dict) -> list[str]:
-    """Everything wrong with the answers, one line each; [] when all is well.
+def slug_suggestion(answers: dict) -> str:
+    """A slug made from the project's name as cookiecutter makes the default one, for the hint."""
+    slug = slugify(str(answers.get("project_name", "")))
+    return slug if SLUG.fullmatch(slug) and len(slug) <= LONGEST else "spiral-classifier"
+
+
+# The choices' spellings, lowercase, and the canonical one each stands for.
+SPELLINGS = {
+    "license": {choice.lower(): choice for choice in LICENSES},
+    "github_actions": {"yes": "yes", "y": "yes", "no": "no", "n": "no"},
+}
+
+
+def normalised(key: str, value):
+    """A choice's canonical spelling for any case of it (`mit` -> `MIT`, `NONE` -> `none`, `Y` -> `yes`); any
+    other answer as it is, for problems to refuse or pass."""
+    if key in SPELLINGS and isinstance(value, str):
+        return SPELLINGS[key].get(value.strip().lower(), value)
+    return value
+
+
+def refusal(key: str, what: str, passed: str, typed_hint: str, typed: bool) -> str:
+    """One line: what is wrong with an answer, then how to fix it, in the words of where it was given: what to
+    type at a prompt, or the key=value to pass on the command line."""
+    return f"error: {key} {what}; " + (f"type {typed_hint}" if typed else f"pass {key}={passed}")
+
+
+def problems(answers: dict, typed: bool = False) -> list[str]:
+    """Everything wrong with the answers, one line each; [] when all is well. `typed`: the answers were typed at
+    cookiecutter's prompts, so each line ends with what to type instead of the key=value to pass.
 
     Checks only the answers it is given: under `--replay` local_extensions.py may see a partial set.
     """
@@ -96,40 +130,41 @@ def problems(answers: dict) -> list[str]:
         value = answers.get(key)
         # Control characters would break the TOML strings in pyproject.toml and the one-line metadata fields.
         if value is not None and any(unicodedata.category(c) == "Cc" for c in str(value)):
-            found.append(
-                f"error: {key} {value!r} contains a control character (a newline, a tab, ...); pass {key}=<one line>"
-            )
+            what = f"{value!r} contains a control character (a newline, a tab, ...)"
+            found.append(refusal(key, what, "<one line>", "one line of plain text", typed))
     for key in ("project_name", "author_name"):
         if key in answers and not str(answers[key]).strip():
-            found.append(f"error: {key} is empty; pass {key}=<text>")
+            found.append(refusal(key, "is empty", "<text>", "some text", typed))
     if "project_slug" in answers:
         slug = str(answers["project_slug"])
+        example = slug_suggestion(answers)
         if len(slug) > LONGEST:
-            found.append(f"error: project_slug is longer than {LONGEST} characters; pass project_slug=<a shorter name>")
+            what = f"is longer than {LONGEST} characters"
+            found.append(refusal("project_slug", what, "<a shorter name>", f"a shorter name, e.g. {example}", typed))
         elif not SLUG.fullmatch(slug):
-            found.append(
-                f"error: project_slug {slug!r} is not a plain directory name (lowercase letters, digits, '.', '_', '-',"
-                " starting and ending with a letter or digit); pass project_slug=<name>, e.g. spiral-classifier"
+            what = (
+                f"{slug!r} is not a plain directory name (lowercase letters, digits, '.', '_', '-', starting and"
+                " ending with a letter or digit)"
             )
+            found.append(refusal("project_slug", what, f"<name>, e.g. {example}", f"a name such as {example}", typed))
     if "package_name" in answers:
         name = str(answers["package_name"])
         why = package_problem(name)
         if why:
-            found.append(f"error: package_name {name!r} {why}; pass package_name=<name>, e.g. {suggestion(answers)}")
+            example = suggestion(answers)
+            hints = f"<name>, e.g. {example}", f"a name such as {example}"
+            found.append(refusal("package_name", f"{name!r} {why}", *hints, typed))
     if "author_email" in answers:
         email = str(answers["author_email"])
         if not EMAIL.fullmatch(email) or not metadata_address(str(answers.get("author_name", "")), email):
-            found.append(
-                f"error: author_email {email!r} is not of the form name@example.com; pass author_email=<address>"
-            )
+            what = f"{email!r} is not of the form name@example.com"
+            found.append(refusal("author_email", what, "<address>", "an address of that form", typed))
     if "license" in answers and answers["license"] not in LICENSES:
-        found.append(
-            f"error: license {answers['license']!r} is not one of {', '.join(LICENSES)}; pass license=<one of them>"
-        )
+        what = f"{answers['license']!r} is not one of {', '.join(LICENSES)}"
+        found.append(refusal("license", what, "<one of them>", "one of them", typed))
     if "github_actions" in answers and answers["github_actions"] not in ("yes", "no"):
-        found.append(
-            f"error: github_actions {answers['github_actions']!r} is not yes or no; pass github_actions=yes or no"
-        )
+        what = f"{answers['github_actions']!r} is not yes or no"
+        found.append(refusal("github_actions", what, "yes or no", "yes or no (y or n)", typed))
     return found
 
 

@@ -105,27 +105,132 @@ def test_every_invalid_answer_is_named_at_once(bake):
     assert list(done.output.iterdir()) == []
 
 
-def test_a_choice_typed_at_its_prompt_is_checked_like_one_passed_as_an_answer(bake, cookiecutter_home):
-    """Prompts in cookiecutter.json's order: name, slug, package, author, e-mail, description, license, CI."""
+def typed(bake, cookiecutter_home, *lines: str, into: str = "."):
+    """cookiecutter with `lines` typed at its prompts, in cookiecutter.json's order: name, slug, package, author,
+    e-mail, description, license, CI; then stdin ends."""
     # Without its earlier clone of the template, cookiecutter asks nothing before the prompts.
     shutil.rmtree(cookiecutter_home / "clones", ignore_errors=True)
-    done = bake(options=(), stdin="\n" * 6 + "GPL\n" + "\n")
-    assert done.result.returncode != 0
-    assert "license: MIT, BSD-3-Clause, Apache-2.0 or none" in done.result.stdout  # the prompt lists them
-    assert done.result.stderr.strip().splitlines() == [
-        "error: license 'GPL' is not one of MIT, BSD-3-Clause, Apache-2.0, none; pass license=<one of them>"
-    ]
-    assert list(done.output.iterdir()) == []
+    return bake(options=(), stdin="".join(f"{line}\n" for line in lines), into=into)
 
 
-def test_a_bad_answer_typed_at_a_prompt_stops_there(bake, cookiecutter_home):
-    shutil.rmtree(cookiecutter_home / "clones", ignore_errors=True)  # as above: no question before the prompts
-    done = bake(options=(), stdin="Moon\nBad/Slug\n" + "\n" * 6)
-    assert done.result.returncode != 0
-    assert "[2/8] project_slug" in done.result.stdout and "[3/8]" not in done.result.stdout  # before the next prompt
+def refused_once(done, answer: str) -> str:
+    """The one line on stderr, which refuses `answer`; the bake went on and finished."""
+    assert done.result.returncode == 0, done.result.stdout + done.result.stderr
     [line] = done.result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and repr(answer) in line, line
+    assert " pass " not in line and "=<" not in line  # at a prompt there is nothing to pass as key=value
+    return line
+
+
+def test_a_bad_slug_typed_at_its_prompt_is_asked_for_again(bake, cookiecutter_home):
+    done = typed(bake, cookiecutter_home, "Moon Classifier", "Moon Classifier!", "lunar-classifier", *[""] * 6)
+    line = refused_once(done, "Moon Classifier!")
+    assert line.startswith("error: project_slug ") and line.endswith("moon-classifier")  # the hint: from the name
+    stdout = done.result.stdout
+    assert stdout.count("[2/8] project_slug") == 2 and stdout.count("[3/8] package_name") == 1, stdout
+    project = done.project()
+    assert project.name == "lunar-classifier"
+    assert tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"] == "lunar-classifier"
+    # The next prompt's default is made from the answer that passed, not from the one refused.
+    assert [path.name for path in (project / "src").iterdir()] == ["lunar_classifier"]
+
+
+def test_a_bad_license_typed_at_its_prompt_is_asked_for_again(bake, cookiecutter_home):
+    done = typed(bake, cookiecutter_home, *[""] * 6, "apache", "apache-2.0", "")
+    line = refused_once(done, "apache")
+    assert line.startswith("error: license ")
+    [prompt, *_] = [text for text in done.result.stdout.split("[") if text.startswith("7/8] license")]
+    assert all(choice in prompt for choice in ("MIT", "BSD-3-Clause", "Apache-2.0", "none"))  # it offers them
+    project = done.project()
+    assert tomllib.loads((project / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    assert (project / "LICENSE").read_text().startswith("Apache License")
+
+
+def test_a_bad_yes_or_no_typed_at_its_prompt_is_asked_for_again(bake, cookiecutter_home):
+    done = typed(bake, cookiecutter_home, *[""] * 7, "maybe", "n")
+    line = refused_once(done, "maybe")
+    assert line.startswith("error: github_actions ")
+    assert not (done.project() / ".github").exists()
+
+
+# What each spelling stands for: the license's SPDX name in pyproject.toml (None: no license), whether CI is baked.
+SPELLINGS = [
+    ("license", "mit", "MIT"),
+    ("license", "bsd-3-clause", "BSD-3-Clause"),
+    ("license", "APACHE-2.0", "Apache-2.0"),
+    ("license", "NONE", None),
+    ("github_actions", "y", True),
+    ("github_actions", "Y", True),
+    ("github_actions", "YES", True),
+    ("github_actions", "n", False),
+    ("github_actions", "No", False),
+]
+
+
+def baked_as(project, key: str):
+    if key == "license":
+        license = tomllib.loads((project / "pyproject.toml").read_text())["project"].get("license")
+        assert (project / "LICENSE").exists() == (license is not None)
+        return license
+    return (project / ".github" / "workflows" / "ci.yml").is_file()
+
+
+@pytest.mark.parametrize(("key", "spelling", "meaning"), SPELLINGS, ids=[f"{k}={s}" for k, s, _ in SPELLINGS])
+def test_a_choice_is_taken_in_any_case_at_its_prompt(bake, cookiecutter_home, key, spelling, meaning):
+    lines = [""] * 8
+    lines[6 if key == "license" else 7] = spelling
+    done = typed(bake, cookiecutter_home, *lines)
+    assert done.result.returncode == 0 and done.result.stderr == "", done.result.stderr
+    assert baked_as(done.project(), key) == meaning
+
+
+@pytest.mark.parametrize(("key", "spelling", "meaning"), SPELLINGS, ids=[f"{k}={s}" for k, s, _ in SPELLINGS])
+def test_a_choice_is_taken_in_any_case_as_key_value(bake, cookiecutter_home, key, spelling, meaning):
+    done = bake(f"{key}={spelling}")
+    assert done.result.returncode == 0 and done.result.stderr == "", done.result.stderr
+    assert baked_as(done.project(), key) == meaning
+    # What is recorded is the canonical spelling, the one the project's files were made from.
+    replay = json.loads((cookiecutter_home / "replay" / "spiral-template.json").read_text())["cookiecutter"]
+    assert replay[key] == {True: "yes", False: "no", None: "none"}.get(meaning, meaning)
+
+
+def test_stdin_ending_after_a_bad_answer_stops_with_its_line_and_leaves_nothing(bake, cookiecutter_home):
+    done = typed(bake, cookiecutter_home, "Moon", "Bad/Slug")  # then no more input
+    assert done.result.returncode == 1
+    [line] = done.result.stderr.strip().splitlines()  # no traceback, no "Aborted!"
     assert line.startswith("error: project_slug 'Bad/Slug' ")
+    assert "Traceback" not in done.result.stdout and "[3/8]" not in done.result.stdout  # not the next prompt
     assert list(done.output.iterdir()) == []
+
+
+def test_an_existing_project_directory_is_refused_in_one_line(bake, tmp_path):
+    (tmp_path / "spiral-classifier").mkdir()
+    (tmp_path / "spiral-classifier" / "notes.txt").write_text("mine\n")
+    done = bake(into=str(tmp_path))
+    assert done.result.returncode != 0
+    [line] = done.result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'spiral-classifier'} already exists; ")
+    assert "pass project_slug=" in line and "--overwrite-if-exists" in line  # the two ways out
+    assert done.result.stdout.strip() == ""  # cookiecutter's own message, which names no answer, never comes
+    assert [path.name for path in tmp_path.iterdir()] == ["spiral-classifier"]
+    assert [path.name for path in (tmp_path / "spiral-classifier").iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_if_exists_still_writes_into_an_existing_directory(bake, tmp_path):
+    (tmp_path / "spiral-classifier").mkdir()
+    done = bake(options=("--no-input", "--overwrite-if-exists"), into=str(tmp_path))
+    assert done.result.returncode == 0, done.result.stderr
+    assert (tmp_path / "spiral-classifier" / "pyproject.toml").is_file()
+
+
+def test_an_existing_project_directory_typed_at_the_prompt_is_asked_for_again(bake, cookiecutter_home, tmp_path):
+    (tmp_path / "spiral-classifier").mkdir()
+    done = typed(bake, cookiecutter_home, "", "", "second-classifier", *[""] * 6, into=str(tmp_path))
+    assert done.result.returncode == 0, done.result.stdout + done.result.stderr
+    [line] = done.result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'spiral-classifier'} already exists; ") and " pass " not in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["second-classifier", "spiral-classifier"]
+    assert list((tmp_path / "spiral-classifier").iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -139,6 +244,11 @@ def test_the_default_package_name_passes_the_checks(bake, name, package):
 def test_the_hint_suggests_a_package_name_made_from_the_project(bake):
     done = bake("project_name=Moon Classifier", "package_name=json")
     assert done.result.stderr.strip().endswith("pass package_name=<name>, e.g. moon_classifier")
+
+
+def test_the_hint_suggests_a_slug_made_from_the_name(bake):
+    done = bake("project_name=Moon Classifier", "project_slug=Moon Classifier!")
+    assert done.result.stderr.strip().endswith("pass project_slug=<name>, e.g. moon-classifier")
 
 
 def test_invalid_answer_does_not_create_the_output_directory(bake):

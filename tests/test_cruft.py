@@ -37,6 +37,7 @@ def commit(repo: Path, message: str) -> str:
 def test_cruft_create_then_update_brings_a_later_template_commit(template, tmp_path):
     made = cruft("create", "--no-input", str(template), cwd=tmp_path)
     assert made.returncode == 0, made.stdout + made.stderr
+    assert "cd spiral-classifier" in [line.strip() for line in made.stdout.splitlines()]  # the hook's next commands
     project = tmp_path / "spiral-classifier"
     recorded = json.loads((project / ".cruft.json").read_text())
     first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=template, capture_output=True, text=True).stdout.strip()
@@ -54,6 +55,8 @@ def test_cruft_create_then_update_brings_a_later_template_commit(template, tmp_p
 
     updated = cruft("update", "--skip-apply-ask", cwd=project)
     assert updated.returncode == 0, updated.stdout + updated.stderr
+    # cruft bakes both commits into temporary directories, gone by now: no next commands for them.
+    assert "Created" not in updated.stdout and "cd " not in updated.stdout, updated.stdout
     assert (project / "docs" / "ddp.md").read_text().endswith("A line from a later template commit.\n")
     assert json.loads((project / ".cruft.json").read_text())["commit"] == later
     assert cruft("check", cwd=project).returncode == 0
@@ -91,3 +94,23 @@ def test_cruft_create_refuses_an_unknown_key(template, tmp_path):
     assert refused.returncode != 0
     assert "error: licence is not one of this template's answers" in refused.stderr
     assert list(tmp_path.iterdir()) == [template]
+
+
+def test_cruft_create_refuses_an_existing_project_directory_in_one_line(template, tmp_path):
+    assert cruft("create", "--no-input", str(template), cwd=tmp_path).returncode == 0
+    recorded = (tmp_path / "spiral-classifier" / ".cruft.json").read_text()
+    again = cruft("create", "--no-input", str(template), cwd=tmp_path)
+    assert again.returncode != 0
+    [line] = again.stderr.strip().splitlines()  # not cookiecutter's OutputDirExistsException and its traceback
+    assert line.startswith("error: spiral-classifier already exists; ") and "--overwrite-if-exists" in line, line
+    assert (tmp_path / "spiral-classifier" / ".cruft.json").read_text() == recorded
+    assert cruft("create", "--no-input", "--overwrite-if-exists", str(template), cwd=tmp_path).returncode == 0
+
+
+def test_cruft_create_takes_a_license_in_any_case(template, tmp_path):
+    made = cruft("create", "--no-input", "--extra-context", '{"license": "apache-2.0"}', str(template), cwd=tmp_path)
+    assert made.returncode == 0, made.stdout + made.stderr
+    project = tmp_path / "spiral-classifier"
+    assert json.loads((project / ".cruft.json").read_text())["context"]["cookiecutter"]["license"] == "Apache-2.0"
+    assert 'license = "Apache-2.0"' in (project / "pyproject.toml").read_text().splitlines()
+    assert (project / "LICENSE").read_text().startswith("Apache License")
