@@ -6,13 +6,16 @@ uncommitted edits, and never a file that .gitignore keeps out of a real clone.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 # The command-line program of this environment (next to its python), else the first on PATH.
@@ -22,6 +25,11 @@ if not Path(COOKIECUTTER).exists():
 # Every subprocess gets one thread: the baked project trains tiny models on the CPU, where torch's
 # intra-op threads cost more in synchronisation than they save (much faster on a 2-core machine).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# The newest Python the generated project promises to run on: its CI's newest, and the one that
+# tests/test_baked_suite.py runs its suite with (tests/test_floors.py: requires-python's oldest, at the floors).
+NEWEST_PYTHON = "3.13"
+# How the generated project's CI and tests/test_floors.py install each direct dependency at its declared floor.
+FLOORS_RESOLUTION = "lowest-direct"
 
 
 @dataclass
@@ -34,6 +42,41 @@ class Bake:
         assert self.result.returncode == 0, f"cookiecutter failed:\n{self.result.stdout}\n{self.result.stderr}"
         [project] = self.output.iterdir()
         return project
+
+
+def oldest_python(project: Path) -> str:
+    """The oldest Python 3 minor release ("3.10") that the project's requires-python admits."""
+    requires = SpecifierSet(tomllib.loads((project / "pyproject.toml").read_text())["project"]["requires-python"])
+    return next(f"3.{minor}" for minor in range(100) if f"3.{minor}" in requires)
+
+
+def python_interpreter(version: str) -> str:
+    """An interpreter of Python `version` ("3.10") to make a virtual environment with: pyenv's newest release of it,
+    else `python3.10` on PATH. Each is asked for its version: a pyenv shim of a Python that is not selected exists
+    but answers with an error. Where none is found the promise goes untested, so under CI (CI=true) the test fails;
+    elsewhere it is skipped."""
+    versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    # "3.10.13", not "3.10.13t" (free-threaded) nor "3.10-dev": the newest patch release first.
+    releases = [path for path in versions.glob(f"{version}.*") if re.fullmatch(r"\d+\.\d+\.\d+", path.name)]
+    releases.sort(key=lambda path: int(path.name.rsplit(".", 1)[1]), reverse=True)
+    for candidate in [*(str(path / "bin" / "python") for path in releases), shutil.which(f"python{version}")]:
+        if candidate is None:
+            continue
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except OSError:  # not executable after all
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    message = f"no Python {version} to test the generated project with: none in {versions}, none on PATH"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 def run_project_tests(python: str, project: Path, *paths: str) -> None:

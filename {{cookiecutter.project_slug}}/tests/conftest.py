@@ -2,7 +2,7 @@
 
 Threads: torch runs single-threaded here, and OMP_NUM_THREADS=1 is passed to every subprocess, because
 a model this small trains several times faster on one thread than on many on a small shared CPU.
-The equivalence tests run both loops under the same setting.
+The equivalence tests run the three loops under the same setting.
 """
 
 import gc
@@ -30,7 +30,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 # What a project script runs with in a subprocess: the package importable, installed or not.
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
-# Flags both entry points take to run quietly; tests add their own log directory.
+# Flags the three entry points take to run quietly; tests add their own log directory.
 QUIET = ["--trainer.enable_progress_bar=false"]
 LIGHTNING = ["--trainer.enable_model_summary=false"]  # Lightning's alone: the plain loop prints no summary
 SMALL = ["--trainer.max_epochs=3", "--data.dataset.points_per_class=200"]
@@ -44,7 +44,7 @@ TINY = [
 ]
 
 # fp16 with a GradScaler: Lightning runs precision="16-mixed" on GPUs alone (on the CPU it warns and switches to
-# bf16-mixed), and both entry points refuse it there. torch's fp16 autocast and GradScaler run on the CPU too: the
+# bf16-mixed), and the entry points refuse it there. torch's fp16 autocast and GradScaler run on the CPU too: the
 # tests run them there, Lightning's side through its MixedPrecision plugin, given directly.
 PLUGIN = {
     "class_path": "lightning.pytorch.plugins.MixedPrecision",
@@ -60,18 +60,17 @@ FP16 = {
 
 
 def allow_fp16_on_cpu(monkeypatch) -> None:
-    """Lift train_torch.py's refusal of 16-mixed on the CPU, and that alone, for one test (train_fabric.py's
-    too: its command line is train_torch.py's)."""
-    import train_torch
+    """Lift the plain and Fabric loops' refusal of 16-mixed on the CPU, and that alone, for one test."""
+    from {{ cookiecutter.package_name }} import scripts
 
-    refuse = train_torch.settings_problem
+    refuse = scripts.settings_problem
 
     def settings_problem(config):
         config = config.clone()
         config.trainer.precision = None  # every other refusal stands
         return refuse(config)
 
-    monkeypatch.setattr(train_torch, "settings_problem", settings_problem)
+    monkeypatch.setattr(scripts, "settings_problem", settings_problem)
 
 
 def fit(side: str, args: list[str]):
@@ -160,7 +159,7 @@ def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.fixture
 def written(monkeypatch) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Every add_scalar call, exactly as passed, by log directory: both loops write through SummaryWriter."""
+    """Every add_scalar call, exactly as passed, by log directory: the loops write through SummaryWriter."""
     calls = defaultdict(lambda: defaultdict(list))
     original = SummaryWriter.add_scalar
 

@@ -138,18 +138,21 @@ def test_test_from_the_checkpoint_scores_the_test_split(checkpoint, tmp_path):
 
 
 def test_evaluating_a_runs_checkpoint_writes_into_that_run(fitted, tmp_path):
-    """validate, test and predict of a run's own checkpoint: its metrics and predictions.csv beside the run
-    they belong to, one TensorBoard run, and nothing said but the results."""
+    """validate, test and predict of a run's own checkpoint: its metrics and predictions.csv in the run they belong
+    to, each in its own directory there (tests/test_evaluations.py: the fit's curves stay as they were), and nothing
+    said but the results."""
     shutil.copytree(fitted, tmp_path / "logs" / "lightning" / "version_0")
     before = sorted(path.name for path in (tmp_path / "logs" / "lightning").iterdir())
+    run_dir = tmp_path / "logs" / "lightning" / "version_0"
     for subcommand in ("validate", "test", "predict"):
         result = succeeded(run("train.py", subcommand, *TINY, "--ckpt_path=last", cwd=tmp_path))
         assert "warn" not in result.stderr.lower(), result.stderr
-        assert result.stdout.strip().splitlines()[-1] == "logs: logs/lightning/version_0"
+        assert result.stdout.strip().splitlines()[-1] == f"logs: logs/lightning/version_0/{subcommand}"
+        assert (run_dir / subcommand / "config.yaml").is_file()
     assert sorted(path.name for path in (tmp_path / "logs" / "lightning").iterdir()) == before
-    run_dir = tmp_path / "logs" / "lightning" / "version_0"
-    assert {"val/loss", "test/loss", "train/loss"} <= event_scalars(run_dir).keys()
-    assert (run_dir / "predictions.csv").is_file()
+    assert {"val/loss", "val/acc"} == event_scalars(run_dir / "validate").keys()
+    assert {"test/loss", "test/acc"} == event_scalars(run_dir / "test").keys()
+    assert (run_dir / "predict" / "predictions.csv").is_file()
     assert (run_dir / "config.yaml").read_text() == (fitted / "config.yaml").read_text()  # the fit's own
 
 
@@ -217,7 +220,7 @@ def test_the_csv_recipe_works_as_written_on_points_of_5_features(tmp_path):
             assert "decision boundary: off, the inputs are of shape (5,)" in result.stderr
     scalars = [event_scalars(tmp_path / "logs" / side / "version_0") for side in ("lightning", "torch", "fabric")]
     assert scalars[0] == scalars[1] == scalars[2] and len(scalars[0]["val/acc"]) == 5
-    with (tmp_path / "logs" / "lightning" / "version_0" / "predictions.csv").open(newline="") as file:
+    with (tmp_path / "logs" / "lightning" / "version_0" / "predict" / "predictions.csv").open(newline="") as file:
         header, *rows = list(csv.reader(file))
     assert header == [*(f"x{i}" for i in range(1, 6)), "label", *(f"p{k}" for k in range(5)), "predicted"]
     assert [[float(cell) for cell in row[:5]] for row in rows] == X.tolist()  # every point, in the file's order
@@ -339,50 +342,14 @@ def test_a_bad_config_value_is_refused_by_name(name, entry, tmp_path, no_trainin
     assert not (tmp_path / "logs").exists()
 
 
-# What Lightning computes with and the plain loop does not implement; the README says why for each.
-NOT_IN_THE_PLAIN_LOOP = [
-    "--trainer.max_steps=5",
-    "--trainer.check_val_every_n_epoch=2",
-    "--trainer.val_check_interval=0.5",
-    "--trainer.limit_train_batches=0.5",
-    "--trainer.limit_val_batches=2",
-    "--trainer.num_sanity_val_steps=2",
-    "--trainer.gradient_clip_algorithm=value",
-    "--trainer.precision=bf16-true",
-]
-
-
-@pytest.mark.parametrize("flag", NOT_IN_THE_PLAIN_LOOP)
-def test_a_trainer_setting_the_plain_loop_does_not_implement_is_refused_by_name(flag, tmp_path, no_training, capsys):
-    """By the Fabric loop too: its loop is the plain one."""
-    key = flag.removeprefix("--").split("=")[0]
-    for main in (train_torch.main, train_fabric.main):
-        with pytest.raises(SystemExit) as stop:
-            main([*TINY, flag])
-        assert stop.value.code == 2
-        [line] = capsys.readouterr().err.strip().splitlines()
-        assert line.startswith(f"error: {key}=") and "use train.py" in line, line
-        assert not (tmp_path / "logs").exists()
-    with pytest.raises(Started):  # Lightning takes it
-        train.main(["fit", *TINY, flag])
-
-
 def test_a_strategy_the_fabric_loop_does_not_run_is_refused_by_name(tmp_path, no_training, capsys):
     with pytest.raises(SystemExit) as stop:
         train_fabric.main([*TINY, "--trainer.strategy=fsdp"])
     assert stop.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: trainer.strategy='fsdp': the Fabric loop runs one of ['auto', 'ddp']"), line
+    assert line.startswith("error: trainer.strategy='fsdp' (it takes 'auto', 'ddp') is not implemented by"), line
     with pytest.raises(Started):  # the negative control (ddp would start processes: tests/test_ddp.py)
         train_fabric.main([*TINY, "--trainer.strategy=auto"])
-
-
-def test_the_readme_says_why_for_each_setting_the_plain_loop_refuses():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("are not in the plain loop.")[1].split("\n## ")[0]  # the table and its paragraph
-    assert [key for key in train_torch.PLAIN_LOOP_TRAINER if f"`{key}`" not in section] == []
-    refused = {flag.removeprefix("--trainer.").split("=")[0] for flag in NOT_IN_THE_PLAIN_LOOP}
-    assert refused == set(train_torch.PLAIN_LOOP_TRAINER)
 
 
 @pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"], ["train_fabric.py"]])

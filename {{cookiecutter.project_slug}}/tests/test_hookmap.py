@@ -7,6 +7,7 @@ each event also records the innermost LightningModule hook it ran in.
 
 import functools
 import importlib
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-import train_torch
-from {{ cookiecutter.package_name }} import loop, loop_fabric, module
+from {{ cookiecutter.package_name }} import loop, loop_fabric, module, scripts
 from {{ cookiecutter.package_name }}.hookmap import (
     COMMUTING,
+    ESSAY,
     FABRIC_CALLS,
     LIGHTNING,
     LOOP,
@@ -33,6 +34,8 @@ from {{ cookiecutter.package_name }}.hookmap import (
     VAL_FORWARD,
     VAL_FP16,
     WRITE,
+    StaleRow,
+    essay_line,
     fabric_keys,
     keyed,
     loop_lines,
@@ -41,6 +44,7 @@ from {{ cookiecutter.package_name }}.hookmap import (
     readme_table,
     side_by_side,
     source_lines,
+    stand_for_the_essay,
     statements,
 )
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
@@ -162,9 +166,8 @@ def recorder(monkeypatch):
     for (owner, name), call in zip(fabric_calls, FABRIC_CALLS, strict=True):
         monkeypatch.setattr(owner, name, recorder.within(getattr(owner, name), call))
     # Each entry point runs one item through the net before training, to refuse one that cannot take the data
-    # (train_fabric.py through train_torch.py's): no line of the loop, and nothing of the run changes.
-    for entry in (train, train_torch):
-        monkeypatch.setattr(entry, "net_problem", recorder.outside(entry.net_problem))
+    # (scripts.py, for the three): no line of the loop, and nothing of the run changes.
+    monkeypatch.setattr(scripts, "net_problem", recorder.outside(scripts.net_problem))
     handles = [
         register_module_forward_pre_hook(record_forward),
         register_optimizer_step_post_hook(lambda *_: recorder.record("optimizer.step")),
@@ -287,10 +290,20 @@ def test_each_lightning_code_line_is_on_the_lightning_side():
 
 def test_the_map_is_printable_as_markdown():
     table = markdown()
-    assert all(f"`{line}`" in table for row, line in zip(LOOP, loop_lines(), strict=True) if row.essay)
+    assert all(f"| `{line}`" in table for line in ESSAY)  # the first column
     assert all(why in table for why in COMMUTING.values())
     page = side_by_side()
-    assert all(f"`{line}`" in page for line in [*loop_lines(), *machinery_lines()])
+    assert all(f"`{line}`" in page for line in [*(line.code for line in loop_lines()), *machinery_lines()])
+
+
+def test_the_plain_loop_shows_each_line_of_the_essay_once_in_order():
+    found = loop_lines()
+    assert [essay_line(line) for line in found if line.essay] == list(ESSAY)  # what loop_lines() checked
+    backward = next(line for line in found if essay_line(line) == "loss.backward()")
+    assert backward.code.startswith("scaler.scale(") and backward.hook.startswith("backward")
+    for left_out in ("loss.backward()", "model.train()"):  # a comment gone, a line gone: each named
+        with pytest.raises(StaleRow, match=re.escape(repr(left_out))):
+            stand_for_the_essay([line for line in found if essay_line(line) != left_out])
 
 
 def test_the_readme_shows_the_table_as_it_is():

@@ -1,9 +1,9 @@
 """The decision-boundary animation: the model's softmax confidence over the plane, one frame per epoch.
 
-Both loops draw it the same way: `python train.py fit` through the DecisionBoundary callback, `python
-train_torch.py` through loop.fit(boundary=...). Each writes the image tag `val/decision_boundary` to
-TensorBoard and `decision_boundary.gif` into its run directory. The `boundary:` section of
-configs/default.yaml sets both (every_n_epochs: 0 switches it off).
+The three loops draw it the same way: `python train.py fit` through the DecisionBoundary callback, `python
+train_torch.py` and `python train_fabric.py` through their run's `epoch_end` (a BoundaryAnimation). Each writes the
+image tag `val/decision_boundary` to TensorBoard and `decision_boundary.gif` into its run directory. The `boundary:`
+section of configs/default.yaml sets all three (every_n_epochs: 0 switches it off).
 """
 
 import functools
@@ -170,6 +170,9 @@ class DecisionBoundary(BoundaryAnimation, L.Callback):
         self.draw(pl_module.net, points, epoch, val_loss, writer, trainer.global_step - 1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = Path(trainer.log_dir) / "decision_boundary.gif"  # under DDP, every process asks rank 0 for log_dir
+        log_dir = trainer.log_dir  # under DDP, every process asks rank 0
+        if log_dir is None:  # no logger (fast_dev_run too): no run directory for the GIF
+            return
+        path = Path(log_dir) / "decision_boundary.gif"
         if trainer.is_global_zero and self.save(path):
             print(f"decision boundary: {path}")

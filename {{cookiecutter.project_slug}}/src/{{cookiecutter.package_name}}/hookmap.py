@@ -39,20 +39,21 @@ MARKED = re.compile(r"<!-- hookmap:.*?-->\n(?P<table>.*?)" + re.escape(END), re.
 class Row(NamedTuple):
     # How its line starts in loop.py (LOOP) or machinery/plain_run.py (MACHINERY): the rest of the line may change.
     key: str
-    lightning: str  # where Lightning does it
     moved: str = "-"  # what happens if you move it
     # How the line of module.py, data.py or configs/default.yaml that does it on the Lightning side starts, if one
     # does: one line of the three starts so.
     code: str | None = None
     # What tests/test_hookmap.py records for this line in a Lightning run: (event, innermost LightningModule hook).
     recorded: tuple[str, str] | None = None
-    essay: bool = True  # one of the essay's lines, not one the project adds around them
     # The Fabric loop's lines (loop_fabric.py) for this one: None, one that starts with `key` ("the same" in the
     # tables where it is the same line); a tuple, the keys of its lines; a str, where Fabric does it.
     fabric: tuple[str, ...] | str | None = None
     # What tests/test_hookmap.py records for it in a run of the Fabric loop: (event, the Fabric call it ran in,
     # FABRIC_CALLS, or None outside them).
     fabric_recorded: tuple[str, str | None] | None = None
+    # Where Lightning does a MACHINERY row's work. A LOOP row's is its line's comment in loop.py: the one after it,
+    # else the comment above it, else its section's (`# --- what: hook ---`).
+    lightning: str | None = None
 
 
 TRAIN_FORWARD = "forward(train, grad)"
@@ -60,354 +61,289 @@ VAL_FORWARD = "forward(eval, no_grad)"
 # The same under Trainer(precision="16-mixed"): the forward in autocast's float16.
 TRAIN_FP16 = "forward(train, grad, float16)"
 VAL_FP16 = "forward(eval, no_grad, float16)"
-SPAN = "plain_run.py"  # rows whose work the PlainRun call does: MACHINERY has its lines
 # The Fabric loop's calls whose insides tests/test_hookmap.py tells apart, by the names of loop_fabric.py's lines.
 FABRIC_CALLS = ("model(...)", "fabric.backward", "fabric.clip_gradients", "optimizer.step()")
+
+# The essay's loop as the essay prints it. A line of loop.fit() that stands for one of these in other words shows
+# it in the comment above it, `# essay: loss.backward()`, and why it is not the same.
+ESSAY = (
+    "dataset = TensorDataset(X_train, y_train)",
+    "loader = DataLoader(dataset, batch_size=64, shuffle=True)",
+    "model = MLP(in_features=2, hidden=128, out_features=3)",
+    "criterion = nn.CrossEntropyLoss()",
+    "optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)",
+    "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=100)",
+    "for epoch in range(100):",
+    "model.train()",
+    "for X_batch, y_batch in loader:",
+    "optimiser.zero_grad()",
+    "logits = model(X_batch)",
+    "loss = criterion(logits, y_batch)",
+    "loss.backward()",
+    "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)",
+    "optimiser.step()",
+    "scheduler.step()",
+    "model.eval()",
+    "with torch.no_grad():",
+    "val_logits = model(X_val)",
+    "val_loss = criterion(val_logits, y_val)",
+)
 
 # Every statement of loop.fit(), in order.
 LOOP = (
     Row(
         "torch.manual_seed(",
-        "`seed_everything` (LightningCLI), before the model is built",
         "after the model is built, its initial weights come from an unseeded generator",
-        "seed_everything: ",
-        essay=False,
+        code="seed_everything: ",
         fabric=("fabric.seed_everything(",),
     ),
-    Row("device = ", "`Trainer(accelerator=...)`", essay=False),
-    Row("data.setup(", "`LightningDataModule.setup`", code="def setup(", essay=False),
+    Row("device = "),
+    Row("data.setup(", code="def setup("),
     Row(
         "loader = ",
-        "`LightningDataModule.train_dataloader`",
         "without its own seeded generator, the shuffle order depends on every other draw from the global RNG",
-        "def train_dataloader(",
+        code="def train_dataloader(",
     ),
-    Row("val_loader = ", "`LightningDataModule.val_dataloader`", code="def val_dataloader(", essay=False),
-    Row(
-        "model = ",
-        "`LightningModule.__init__`: LightningCLI builds the config's `model.net` and passes it in",
-        code="self.net = ",
-    ),
+    Row("val_loader = ", code="def val_dataloader("),
+    Row("model = ", code="self.net = "),
     Row(
         "model.to(",
-        "the Trainer (`accelerator`, `precision`), before `configure_optimizers`",
         "after the optimizer, with a dtype change and torch's overwrite-on-conversion flag on, "
         "the optimizer updates discarded tensors",
         fabric="in `fabric.setup`",
     ),
-    Row("criterion = ", "`LightningModule.__init__`", code="self.criterion = "),
+    Row("criterion = ", code="self.criterion = "),
     Row(
         "val_loss = ",
-        "`LightningModule.__init__`; the Trainer moves it with the module",
         "a plain mean of the batch losses would weigh a smaller last batch like a full one",
-        "self.val_loss = ",
-        essay=False,
+        code="self.val_loss = ",
     ),
-    Row(
-        "val_metrics = ",
-        "`LightningModule.__init__`, from metrics.py as in the loops; the Trainer moves them with the module",
-        code="self.val_metrics = ",
-        essay=False,
-    ),
-    Row("optimizer = ", "`configure_optimizers`", "it must see the parameters it will update", "optimizer = "),
+    Row("val_metrics = ", code="self.val_metrics = "),
+    Row("optimizer = ", "it must see the parameters it will update", code="optimizer = "),
     Row(
         "scheduler = ",
-        "`configure_optimizers`",
         "it must wrap the optimizer it schedules",
-        "scheduler = ",
-        ("scheduler.step", "configure_optimizers"),
+        code="scheduler = ",
+        recorded=("scheduler.step", "configure_optimizers"),
         fabric_recorded=("scheduler.step", None),
     ),
-    Row(
-        "dtype = ",
-        "`Trainer(precision=...)`: `bf16-mixed` and `16-mixed` choose the `MixedPrecision` plugin",
-        code="precision: ",
-        essay=False,
-        fabric="`Fabric(precision=...)`, in train_fabric.py",
-    ),
+    Row("dtype = ", code="precision: ", fabric="`Fabric(precision=...)`, in train_fabric.py"),
     Row(
         "autocast = ",
-        "`MixedPrecision.forward_context()`, around every `*_step` hook",
         "left out, `bf16-mixed` trains in float32: every loss differs from the first step on",
-        essay=False,
         fabric="in the model's forward, once `fabric.setup` has wrapped it",
     ),
-    Row(
-        "scaler = ",
-        "`MixedPrecision`'s `scaler`, for `16-mixed` alone: fp16 gradients would underflow unscaled",
-        essay=False,
-    ),
-    Row("N = ", "`Trainer(accumulate_grad_batches=N)`", code="accumulate_grad_batches: ", essay=False),
+    Row("scaler = "),
+    Row("N = ", code="accumulate_grad_batches: "),
     Row(
         "train_model, loader, val_loader = ",
-        f'`Trainer(strategy="ddp")`: the DDP wrapper and `DistributedSampler`s ({SPAN})',
-        essay=False,
         fabric=("model, optimizer = fabric.setup(", "loader, val_loader = fabric.setup_dataloaders("),
     ),
-    Row(
-        "start_epoch = ",
-        f"`Trainer.fit(ckpt_path=...)`: a checkpoint restored before training starts ({SPAN})",
-        essay=False,
-    ),
-    Row("for epoch in ", "`Trainer(max_epochs=...)`, with its progress bar", code="max_epochs: "),
-    Row(
-        "first = ",
-        f"the fit loop at each epoch's start: `set_epoch`, `LearningRateMonitor`; a resumed run's "
-        f"`batch_progress` ({SPAN})",
-        essay=False,
-    ),
+    Row("start_epoch = "),
+    Row("for epoch in ", code="max_epochs: "),
+    Row("first = "),
     Row(
         "model.train()",
-        "the Trainer, after each validation: it restores each submodule's mode (`on_validation_model_train`)",
         "left out after `model.eval()`, dropout stays off and BatchNorm frozen for the rest of training",
         recorded=(TRAIN_FORWARD, "training_step"),
         fabric_recorded=(TRAIN_FORWARD, "model(...)"),
     ),
-    Row("for batch_idx, ", "the fit loop, `len(loader)` batches, each hook's `batch_idx`"),
-    Row(
-        "X_batch, y_batch = ",
-        "`transfer_batch_to_device`",
-        essay=False,
-        fabric="in the loader, once `fabric.setup_dataloaders` has wrapped it",
-    ),
+    Row("for batch_idx, "),
+    Row("X_batch, y_batch = ", fabric="in the loader, once `fabric.setup_dataloaders` has wrapped it"),
     Row(
         "steps = ",
-        "the fit loop's `_should_accumulate()`, negated: a window's last batch, or the epoch's",
         "without `or batch_idx + 1 == len(loader)`, an epoch's partial window never steps: the next "
         "epoch's `zero_grad` throws its gradients away",
-        essay=False,
     ),
     Row(
         "if batch_idx % N == 0:",
-        "the closure: `zero_grad` on a window's first batch alone",
         "left out, `zero_grad` at every batch: each step applies its window's last batch alone (pitfalls 11b)",
-        essay=False,
     ),
     Row(
         "optimizer.zero_grad()",
-        "`optimizer_zero_grad`",
         "left out, gradients pile up over batches; between `backward` and `step`, it wipes this batch's gradients",
         recorded=("zero_grad", "optimizer_zero_grad"),
         fabric_recorded=("zero_grad", None),
     ),
-    Row(
-        "with run.no_sync(",
-        f"`DDPStrategy.block_backward_sync()` on the batches the fit loop accumulates ({SPAN})",
-        essay=False,
-        fabric=("with fabric.no_backward_sync(",),
-    ),
+    Row("with run.no_sync(", fabric=("with fabric.no_backward_sync(",)),
     Row(
         "with autocast:",
-        "the precision plugin's `train_step_context()`, around `training_step`",
         recorded=(TRAIN_FP16, "training_step"),
-        fabric_recorded=(TRAIN_FP16, "model(...)"),
-        essay=False,
         fabric="in the model's forward",
+        fabric_recorded=(TRAIN_FP16, "model(...)"),
     ),
     Row(
         "logits = ",
-        "`training_step`",
         code="logits = ",
         recorded=(TRAIN_FORWARD, "training_step"),
         fabric_recorded=(TRAIN_FORWARD, "model(...)"),
     ),
-    Row("loss = ", "`training_step`", code="loss = "),
+    Row("loss = ", code="loss = "),
     Row(
         "scaler.scale(",
-        "`backward`: the closure divides the loss by N (`ClosureResult`); `MixedPrecision.pre_backward` scales it",
         "without `/ N`, N times the gradient: Adam, which divides by its scale, sees it only through "
         "the clipping and its eps (pitfalls 11a)",
         recorded=("backward", "backward"),
-        fabric_recorded=("backward", "fabric.backward"),
         fabric=("fabric.backward(",),
+        fabric_recorded=("backward", "fabric.backward"),
     ),
-    Row(
-        "if steps:",
-        "the fit loop: `optimizer_step` at a window's end, the accumulated gradients' step",
-        "left out, a step at every batch: the window's gradients are applied one by one as they add up",
-        essay=False,
-    ),
+    Row("if steps:", "left out, a step at every batch: the window's gradients are applied one by one as they add up"),
     Row(
         "scaler.unscale_(",
-        "`MixedPrecision.optimizer_step`, before it calls `configure_gradient_clipping`",
         "after the clipping, it clips the gradients times the loss scale: the step applies "
         "max_norm / 2¹⁶ (pitfalls 11d)",
         recorded=("scaler.unscale_", "optimizer_step"),
-        fabric_recorded=("scaler.unscale_", "fabric.clip_gradients"),
-        essay=False,
         fabric="in `fabric.clip_gradients`, or else in `optimizer.step()`",
+        fabric_recorded=("scaler.unscale_", "fabric.clip_gradients"),
     ),
-    Row(
-        "if hp.gradient_clip_val is not None:",
-        "`Trainer(gradient_clip_val=...)`",
-        code="gradient_clip_val: ",
-        essay=False,
-    ),
+    Row("if hp.gradient_clip_val is not None:", code="gradient_clip_val: "),
     Row(
         "torch.nn.utils.clip_grad_norm_(",
-        "`configure_gradient_clipping`",
         "before `backward` there is nothing to clip; after `step` it clips gradients already applied",
         recorded=("clip_grad_norm_", "configure_gradient_clipping"),
-        fabric_recorded=("clip_grad_norm_", "fabric.clip_gradients"),
         fabric=("fabric.clip_gradients(",),
+        fabric_recorded=("clip_grad_norm_", "fabric.clip_gradients"),
     ),
     Row(
         "scaler.step(",
-        "`optimizer_step`; under `16-mixed`, `scaler.step` skips a step whose gradients hold an inf or NaN",
         recorded=("optimizer.step", "optimizer_step"),
-        fabric_recorded=("optimizer.step", "optimizer.step()"),
         fabric=("optimizer.step()",),
+        fabric_recorded=("optimizer.step", "optimizer.step()"),
     ),
     Row(
         "scaler.update()",
-        "`MixedPrecision.optimizer_step`, after the step",
         "left out, not silent: the GradScaler raises at the next step (pitfalls 11e)",
         recorded=("scaler.update", "optimizer_step"),
-        fabric_recorded=("scaler.update", "optimizer.step()"),
-        essay=False,
         fabric="in `optimizer.step()`",
+        fabric_recorded=("scaler.update", "optimizer.step()"),
     ),
     Row(
         "run.batch_end(",
-        f'`self.log("train/loss", loss)`; callbacks\' `on_train_batch_end`: NaN stop, Ctrl-C ({SPAN})',
         "logging `loss` instead of `loss.item()` keeps every step's graph alive",
-        'self.log("train/loss", ',
-        essay=False,
+        code='self.log("train/loss", ',
     ),
     Row(
         "scheduler.step()",
-        "`lr_scheduler_step`, interval `epoch`",
         "inside the batch loop, the learning rate decays len(loader) times per epoch instead of once",
-        '"lr_scheduler": ',
-        ("scheduler.step", "lr_scheduler_step"),
+        code='"lr_scheduler": ',
+        recorded=("scheduler.step", "lr_scheduler_step"),
         fabric_recorded=("scheduler.step", None),
     ),
     Row(
         "model.eval()",
-        "the Trainer, before validation",
         "left out, dropout stays on during validation",
         recorded=(VAL_FORWARD, "validation_step"),
         fabric_recorded=(VAL_FORWARD, "model(...)"),
     ),
     Row(
         "with torch.no_grad():",
-        "the Trainer, around validation",
         "left out, every validation batch builds an autograd graph",
         recorded=(VAL_FORWARD, "validation_step"),
         fabric_recorded=(VAL_FORWARD, "model(...)"),
     ),
-    Row("for X_val, y_val in ", "the validation loop"),
-    Row("X_val, y_val = ", "`transfer_batch_to_device`", essay=False, fabric="in the loader"),
+    Row("for X_val, y_val in "),
+    Row("X_val, y_val = ", fabric="in the loader"),
     Row(
         "with autocast:",
-        "the precision plugin's `val_step_context()`, around `validation_step`",
         "left out, `bf16-mixed` validates in float32: another `val/loss` than Lightning's",
         recorded=(VAL_FP16, "validation_step"),
-        fabric_recorded=(VAL_FP16, "model(...)"),
-        essay=False,
         fabric="in the model's forward",
+        fabric_recorded=(VAL_FP16, "model(...)"),
     ),
     Row(
         "val_logits = ",
-        "`validation_step`",
         code="val_logits = ",
         recorded=(VAL_FORWARD, "validation_step"),
         fabric_recorded=(VAL_FORWARD, "model(...)"),
     ),
-    Row("val_loss.update(", "`validation_step`", code="self.val_loss.update("),
-    Row("val_metrics.update(", "`validation_step`", code="self.val_metrics.update(", essay=False),
-    Row(
-        "run.epoch_end(",
-        "`self.log` of the epoch metrics; callbacks' `on_validation_end` and `on_train_epoch_end`: "
-        f"NaN stop, animation frame, `ModelCheckpoint`, Ctrl-C ({SPAN})",
-        code='self.log_dict({"val/loss": ',
-        essay=False,
-    ),
+    Row("val_loss.update(", code="self.val_loss.update("),
+    Row("val_metrics.update(", code="self.val_metrics.update("),
+    Row("run.epoch_end(", code='self.log_dict({"val/loss": '),
 )
 
 # What the PlainRun calls do: lines of machinery/plain_run.py, in order.
 MACHINERY = (
     Row(
         "torch.manual_seed(",
-        'under DDP, `Trainer(strategy="ddp")` calls `reset_seed()` as each process joins the process group',
         "left out, dropout draws other masks than under Lightning's DDP",
+        lightning='under DDP, `Trainer(strategy="ddp")` calls `reset_seed()` as each process joins the process group',
     ),
     Row(
         "train_model = ",
-        '`Trainer(strategy="ddp")` wraps the LightningModule',
         "left out, each process steps with its own gradients and the copies of the model drift apart",
+        lightning='`Trainer(strategy="ddp")` wraps the LightningModule',
     ),
     Row(
         "loader = with_sampler(",
-        "`Trainer(use_distributed_sampler=True)` under DDP: the DataLoader made anew with a `DistributedSampler` "
-        "seeded with `seed_everything`",
         "left out, every process trains on all the points: an epoch does one process's work once per process",
+        lightning="`Trainer(use_distributed_sampler=True)` under DDP: the DataLoader made anew with a "
+        "`DistributedSampler` seeded with `seed_everything`",
     ),
-    Row("model.load_state_dict(", "`Trainer.fit(ckpt_path=...)`, before training starts"),
+    Row("model.load_state_dict(", lightning="`Trainer.fit(ckpt_path=...)`, before training starts"),
     Row(
         "scaler.load_state_dict(",
-        "`MixedPrecision.load_state_dict`, where the checkpoint has a `MixedPrecision` key",
         "left out, a resumed `16-mixed` run starts again from the initial loss scale",
+        lightning="`MixedPrecision.load_state_dict`, where the checkpoint has a `MixedPrecision` key",
     ),
     Row(
         "data.load_state_dict(",
-        "`LightningDataModule.load_state_dict`",
         "left out, the resumed run shuffles its epochs in the order the interrupted run began with",
+        lightning="`LightningDataModule.load_state_dict`",
     ),
     Row(
         "loader.load_state_dict(",
-        "the fit loop, for a DataLoader with `state_dict`/`load_state_dict` (`ResumableLoader`)",
         "left out, with persistent workers the resumed run's new workers draw a seed from the shuffle generator "
         "that the interrupted run's reused ones did not, and every later epoch is shuffled differently",
+        lightning="the fit loop, for a DataLoader with `state_dict`/`load_state_dict` (`ResumableLoader`)",
     ),
     Row(
         "set_rng_state(",
-        "`ExactResume.on_load_checkpoint` (machinery/checkpoints.py)",
         "left out, a resumed run with dropout draws other dropout masks than the interrupted run would have",
+        lightning="`ExactResume.on_load_checkpoint` (machinery/checkpoints.py)",
     ),
     Row(
         "self._loader.sampler.set_epoch(",
-        "the fit loop, at the start of each epoch",
         "left out, a `DistributedSampler` shuffles every epoch in the same order",
+        lightning="the fit loop, at the start of each epoch",
     ),
     Row(
         "return ddp.no_sync()",
-        "`DDPStrategy.block_backward_sync()`: `no_sync` on the batches the fit loop accumulates",
         "left out, every batch's backward all-reduces: N all-reduces a step instead of one, and other bits "
         "(pitfalls 11f)",
+        lightning="`DDPStrategy.block_backward_sync()`: `no_sync` on the batches the fit loop accumulates",
     ),
     Row(
         "if not torch.isfinite(",  # batch_end's
-        "`StopOnNonFiniteLoss` callback, `on_train_batch_end`",
         "left out, a run whose loss turned NaN trains on to the end of the epoch",
+        lightning="`StopOnNonFiniteLoss` callback, `on_train_batch_end`",
     ),
     Row(
         "if not stepped:",
-        "the logger connector and `GracefulStop`: `train/loss` logged, and a stop made, at a window's end",
         "left out, `train/loss` and the step count advance at every batch, and a stop within a window saves a "
         "checkpoint without the window's gradients so far",
+        lightning="the logger connector and `GracefulStop`: `train/loss` logged, and a stop made, at a window's end",
     ),
     Row(
         "if self.stop is not None and self.stop.signal and ",
-        "`GracefulStop` callback, `on_train_batch_end` (machinery/stopping.py)",
         "left out, a Ctrl-C waits for the end of the epoch (the stop check in `epoch_end`)",
+        lightning="`GracefulStop` callback, `on_train_batch_end` (machinery/stopping.py)",
     ),
     Row(
         "if not torch.isfinite(",  # epoch_end's
-        "`StopOnNonFiniteLoss` callback, `on_validation_end`",
         "after the checkpoint is written, weights that turned NaN on the epoch's last step overwrite the last "
         "good checkpoint",
+        lightning="`StopOnNonFiniteLoss` callback, `on_validation_end`",
     ),
     Row(
         "self.boundary.draw(",
-        "`DecisionBoundary` callback, `on_validation_end`",
         "before the NaN check, a run whose loss turned NaN draws a frame of its NaN weights before it stops",
+        lightning="`DecisionBoundary` callback, `on_validation_end`",
     ),
     Row(
         "atomic_save(",
-        "`ModelCheckpoint(save_last=True)`, `on_train_epoch_end`, through `AtomicCheckpointIO`",
         "before `scheduler.step()`, the resumed run repeats the finished epoch's learning rate; with a plain "
         "`torch.save(..., path)`, a kill during the write leaves a torn file where the last checkpoint was",
+        lightning="`ModelCheckpoint(save_last=True)`, `on_train_epoch_end`, through `AtomicCheckpointIO`",
     ),
 )
 ROWS = LOOP + MACHINERY
@@ -427,20 +363,43 @@ class StaleRow(LookupError):
     """A row whose key no longer starts its line: the code changed more than the rest of a line."""
 
 
-def statements(function) -> list[str]:
-    """The lines of a function's body that do something: no comments, docstring, blank lines or `return`. A
-    statement over several lines, one argument a line, is one line: `f(a, b)`."""
+class Statement(NamedTuple):
+    code: str  # without its indentation and comment; a call over several lines, one argument a line: `f(a, b)`
+    hook: str  # where Lightning does it: its comment, else the comment above it, else its section's
+    essay: str | None  # the line of ESSAY it stands for, and why it is not the same, from `# essay: ...`
+
+
+def statements(function) -> list[Statement]:
+    """The statements of a function's body, but its docstring and `return`, with what their comments say."""
     source = inspect.getsource(function)
     body = ast.parse(source).body[0].body
     first = body[1].lineno if isinstance(body[0], ast.Expr) else body[0].lineno  # after the docstring
-    lines = [line.split("  #")[0].strip() for line in source.splitlines()[first - 1 :]]
-    joined = []
-    for line in lines:
-        if joined and joined[-1].count("(") > joined[-1].count(")"):  # an open call goes on
-            joined[-1] = re.sub(r"\( | ?,? \)$", lambda m: m.group().strip(" ,"), f"{joined[-1]} {line}")
-        else:
-            joined.append(line)
-    return [line for line in joined if line and not line.startswith(("#", "return "))]
+    found, above, section = [], [], ""
+    for text in (line.strip() for line in source.splitlines()[first - 1 :]):
+        if text.startswith("#"):
+            note = text.lstrip("# ")
+            if note.startswith("---"):  # `# --- what: hook ---`
+                section, above = note.strip("- ").partition(": ")[2], []
+            else:
+                above.append(note)
+            continue
+        code, _, comment = text.partition("  #")
+        if found and found[-1].code.count("(") > found[-1].code.count(")"):  # an open call goes on
+            joined = re.sub(r"\( | ?,? \)$", lambda m: m.group().strip(" ,"), f"{found[-1].code} {code}")
+            found[-1] = found[-1]._replace(code=joined)
+            continue
+        if code and not code.startswith("return "):
+            essay = [note.removeprefix("essay: ") for note in above if note.startswith("essay: ")]
+            hook = comment.lstrip("# ") or " ".join(n for n in above if not n.startswith("essay: ")) or section
+            found.append(Statement(code, hook, essay[0] if essay else code if code in ESSAY else None))
+        above = []
+    return found
+
+
+def essay_line(statement: Statement) -> str | None:
+    """The line of ESSAY a statement stands for, or None."""
+    said = statement.essay or ""
+    return next((line for line in ESSAY if said == line or said.startswith(f"{line}  (")), None)
 
 
 def source_lines(*paths: Path) -> list[str]:
@@ -448,19 +407,29 @@ def source_lines(*paths: Path) -> list[str]:
     return [line.split("  #")[0].strip() for path in paths for line in path.read_text().splitlines()]
 
 
-def keyed(lines: list[str], keys: list[str], where: str) -> list[str]:
-    """`lines`, checked to be one for each key, in order, each starting with its key."""
-    for number, (line, key) in enumerate(zip_longest(lines, keys), 1):
-        if line is None or key is None or not line.startswith(key):
+def keyed(found: list[Statement], keys: list[str], where: str) -> list[Statement]:
+    """`found`, checked to be one statement for each key, in order, each starting with its key."""
+    for number, (statement, key) in enumerate(zip_longest(found, keys), 1):
+        if statement is None or key is None or not statement.code.startswith(key):
+            line = statement and statement.code
             raise StaleRow(f"{where}'s statement {number}, {line!r}, does not start with {key!r}, its row's key")
-    return lines
+    return found
 
 
-def loop_lines() -> list[str]:
-    """The statement of loop.fit() of each row of LOOP."""
+def loop_lines() -> list[Statement]:
+    """The statement of loop.fit() of each row of LOOP; together they stand for the essay's lines, in order."""
     from {{ cookiecutter.package_name }} import loop  # here: it loads torch, which --help need not wait for
 
-    return keyed(statements(loop.fit), [row.key for row in LOOP], "loop.fit()")
+    return stand_for_the_essay(keyed(statements(loop.fit), [row.key for row in LOOP], "loop.fit()"))
+
+
+def stand_for_the_essay(found: list[Statement]) -> list[Statement]:
+    """`found`, checked to stand for the essay's lines, each once, in order."""
+    stands_for = [essay_line(statement) for statement in found if statement.essay]
+    if stands_for != list(ESSAY):
+        missing = next(line for line, said in zip_longest(ESSAY, stands_for) if line != said)
+        raise StaleRow(f"loop.fit() does not show the essay's {missing!r} in its place, as a line or an `# essay:`")
+    return found
 
 
 def fabric_keys(row: Row) -> tuple[str, ...]:
@@ -476,7 +445,7 @@ def fabric_lines() -> list[tuple[str, ...]]:
     from {{ cookiecutter.package_name }} import loop_fabric  # as loop.py, above
 
     keys = [key for row in LOOP for key in fabric_keys(row)]
-    lines = iter(keyed(statements(loop_fabric.fit), keys, "loop_fabric.fit()"))
+    lines = iter(statement.code for statement in keyed(statements(loop_fabric.fit), keys, "loop_fabric.fit()"))
     return [tuple(islice(lines, len(fabric_keys(row)))) for row in LOOP]
 
 
@@ -508,15 +477,24 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     return [lines[0], "|" + "---|" * len(columns), *lines[1:]]
 
 
-def loop_cells() -> list[tuple[Row, str, str]]:
+def loop_cells() -> list[tuple[Row, Statement, str]]:
     """Each row of LOOP, its statement of loop.fit() and its cell of the Fabric column."""
     cells = []
     for row, line, fabric in zip(LOOP, loop_lines(), fabric_lines(), strict=True):
         if isinstance(row.fabric, str):
             cells.append((row, line, row.fabric))
         else:
-            cells.append((row, line, "the same" if fabric == (line,) else "<br>".join(f"`{f}`" for f in fabric)))
+            cells.append((row, line, "the same" if fabric == (line.code,) else "<br>".join(f"`{f}`" for f in fabric)))
     return cells
+
+
+def essay_cells(line: Statement) -> list[str]:
+    """The cells of the essay's line (and why loop.py's is another) and loop.py's."""
+    essay = essay_line(line)
+    if essay is None:
+        return ["", f"`{line.code}`"]
+    why = line.essay.removeprefix(essay).strip()
+    return [f"`{essay}` {why}".strip(), "the same" if line.code == essay else f"`{line.code}`"]
 
 
 def commuting() -> list[str]:
@@ -526,10 +504,11 @@ def commuting() -> list[str]:
 
 
 def markdown() -> str:
-    """The README's table: the essay's lines, the Fabric loop's and Lightning's for each, what happens if you move
-    one."""
-    columns = ["plain loop (`loop.py`)", "Fabric (`loop_fabric.py`)", "Lightning", "if you move it"]
-    rows = [[f"`{line}`", fabric, row.lightning, row.moved] for row, line, fabric in loop_cells() if row.essay]
+    """The README's table: the essay's lines, loop.py's, the Fabric loop's and Lightning's for each, what happens if
+    you move one."""
+    columns = ["the essay", "plain loop (`loop.py`)", "Fabric (`loop_fabric.py`)", "Lightning", "if you move it"]
+    cells = loop_cells()
+    rows = [[*essay_cells(line), fabric, line.hook, row.moved] for row, line, fabric in cells if essay_line(line)]
     return "\n".join([*markdown_table(columns, rows), "", *commuting()])
 
 
@@ -539,7 +518,8 @@ PAGE = """\
 <!-- generated by `{write}`;
 tests/test_hookmap.py checks it -->
 
-Every line of `loop.fit()`, in order, beside the lines of `loop_fabric.fit()` that do its work ("the
+Every line of `loop.fit()`, in order, beside the essay's line it stands for (and why it is not the
+same), the lines of `loop_fabric.fit()` that do its work ("the
 same" where the line is the same; where Fabric does it inside another call, that call), the line of
 the Lightning side that does it (`module.py`, `data.py`, `configs/default.yaml`; empty where the
 Trainer does it with its defaults) and the hook or Trainer argument that runs it.
@@ -567,9 +547,9 @@ the scalars, and `fabric.save` and `fabric.load` the checkpoints.
 def side_by_side() -> str:
     """docs/side_by_side.md: every line of loop.fit() beside the Fabric loop's and the Lightning code and hook
     that do its work."""
-    columns = ["plain loop (`loop.py`)", "Fabric loop (`loop_fabric.py`)", "Lightning code", "run by"]
+    columns = ["the essay", "plain loop (`loop.py`)", "Fabric loop (`loop_fabric.py`)", "Lightning code", "run by"]
     loop_rows = [
-        [f"`{line}`", fabric, f"`{lightning_line(row.code)}`" if row.code else "", row.lightning]
+        [*essay_cells(line), fabric, f"`{lightning_line(row.code)}`" if row.code else "", line.hook]
         for row, line, fabric in loop_cells()
     ]
     columns_run = ["`machinery/plain_run.py`", "Lightning", "if you move it"]

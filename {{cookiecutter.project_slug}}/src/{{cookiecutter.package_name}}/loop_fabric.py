@@ -36,7 +36,7 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
     # --- model, loss, metrics: LightningModule.__init__ ---
     model = hp.net()  # the network the config's model.net names: the MLP, or yours
     criterion = nn.CrossEntropyLoss()
-    val_loss = MeanMetric(nan_strategy="disable").to(device)  # weighted by batch size; NaN stays
+    val_loss = MeanMetric(nan_strategy=float("nan")).to(device)  # weighted by batch size; NaN stays
     val_metrics = metrics(hp.classes, "val/").to(device)  # metrics.py: val/acc, and yours
 
     # --- optimizer, scheduler: configure_optimizers ---

@@ -42,9 +42,11 @@ class SpiralClassifier(ExactResume, L.LightningModule):
         self.net = net
         self.criterion = nn.CrossEntropyLoss()
         # Epoch metrics, as in loop.py: the loss weighted by batch size, the rest over all points.
-        self.val_loss = MeanMetric(nan_strategy="disable")  # NaN stays NaN: StopOnNonFiniteLoss
+        # A NaN loss stays NaN (StopOnNonFiniteLoss): nan_strategy=nan, as "disable" would, but
+        # "disable" also drops the weights (torchmetrics issue 3434).
+        self.val_loss = MeanMetric(nan_strategy=float("nan"))
         self.val_metrics = metrics(classes, "val/")  # metrics.py: val/acc, and yours
-        self.test_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy=float("nan"))
         self.test_metrics = metrics(classes, "test/")
 
     def configure_optimizers(self):

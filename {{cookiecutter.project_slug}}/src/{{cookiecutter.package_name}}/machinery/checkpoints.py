@@ -6,9 +6,9 @@
 - `atomic_save` (the plain loop) and `AtomicCheckpointIO` (Lightning's plugin point) write a checkpoint to a
   temporary file beside it, sync it to disk and rename it over the old one: a kill at any moment leaves the old
   checkpoint or the new one, never a torn file.
-- `rng_state` / `set_rng_state`: torch's global random state, which dropout draws from; both loops checkpoint it
+- `rng_state` / `set_rng_state`: torch's global random state, which dropout draws from; the three loops checkpoint it
   (Lightning through `ExactResume`, which the LightningModule inherits).
-- `adopt_checkpoint`: both entry points' `--ckpt_path`: a missing, unreadable or foreign checkpoint, or one trained
+- `adopt_checkpoint`: the entry points' `--ckpt_path`: a missing, unreadable or foreign checkpoint, or one trained
   with other settings than the run asks for, is refused in one line; otherwise the run takes its settings.
 """
 
@@ -180,13 +180,15 @@ def adopt_checkpoint(
     root: Path,
     read: tuple[str, tuple[str, ...], str],
     settings: Callable[[dict[str, Any]], dict[str, dict[str, Any]]],
+    given_wins: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], Path | None]:
-    """`--ckpt_path` for both entry points: the checkpoint, and the run directory under `root` it continues.
+    """`--ckpt_path` for the three entry points: the checkpoint, and the run directory under `root` it continues.
 
     `last` becomes the newest `root/version_*/checkpoints/<file>`; `read` is (file name, keys it must hold, what it
     is) and `settings(checkpoint)` the model, data and trainer settings it was trained with. A setting still at its
     default (configs/default.yaml) takes the checkpoint's value, as LightningCLI does for the model's; one set to
-    something else by a flag or a config file contradicts the checkpoint, and the checkpoint is refused by name.
+    something else by a flag or a config file contradicts the checkpoint, and the checkpoint is refused by name, but
+    in the sections of `given_wins` (an evaluation's data: a checkpoint may be tested on other data).
     """
     filename, keys, kind = read
     if config.ckpt_path == "last":
@@ -201,12 +203,12 @@ def adopt_checkpoint(
             current, default = (plain(settings[section][key]) for settings in (config, defaults))
             if current == value:
                 continue
-            if current != default:
+            if current != default and section not in given_wins:
                 conflicts += [
                     f"{name}={now!r} (the checkpoint's: {was!r})"
                     for name, now, was in differing(f"{section}.{key}", current, value)
                 ]
-            else:  # a network or dataset, {class_path, init_args}, as the parser holds it
+            elif current == default:  # a network or dataset, {class_path, init_args}, as the parser holds it
                 config[section][key] = as_parsed(value)
     run = run_directory(path, root)
     if conflicts:
@@ -224,8 +226,8 @@ def plain(value: Any) -> Any:
 def differing(name: str, current: Any, saved: Any) -> list[tuple[str, Any, Any]]:
     """(name, current, saved) of each setting that differs, into a network's or dataset's init_args:
     model.net.hidden, not all of model.net."""
-    classes = [value.get("class_path") if isinstance(value, dict) else value for value in (current, saved)]
-    if not isinstance(current, dict) or classes[0] != classes[1]:
+    paths = [value.get("class_path") if isinstance(value, dict) else value for value in (current, saved)]
+    if not isinstance(current, dict) or paths[0] != paths[1]:
         return [] if current == saved else [(name, current, saved)]
     now, was = current.get("init_args", {}), saved.get("init_args", {})
     return [found for key in {**was, **now} for found in differing(f"{name}.{key}", now.get(key), was.get(key))]

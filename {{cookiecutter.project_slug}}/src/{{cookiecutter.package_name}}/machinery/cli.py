@@ -2,7 +2,7 @@
 
 jsonargparse's parser prints the whole usage (60-odd lines here) before its error; these parsers print the
 error alone, on one line, and where the options are listed. train.py: `LightningCLI(parser_class=...)`.
-`settings_problem()` is what both entry points refuse before anything is written, in the same words.
+`settings_problem()` is what the three entry points refuse before anything is written, in the same words.
 `quiet()` silences what third parties print that says nothing about this run, each by its message and module.
 `instantiate()` makes what a config names by class_path and init_args, as LightningCLI does: the plain and Fabric
 loops' network and data.
@@ -11,21 +11,17 @@ loops' network and data.
 import importlib
 import logging
 import re
-import signal
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
-from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import nn
 from torch.utils.data import Dataset
 
-from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+from {{ cookiecutter.package_name }}.machinery.lightning_internals import PYTREE_MODULE, JsonargparseDeprecationWarning
 from {{ cookiecutter.package_name }}.machinery.loaders import drawing_from
 from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, device_for
 
@@ -56,28 +52,11 @@ class OneLineErrors:
 
 
 class Parser(OneLineErrors, ArgumentParser):
-    """train_torch.py's parser."""
+    """train_torch.py's and train_fabric.py's parser."""
 
 
 class LightningParser(OneLineErrors, LightningArgumentParser):
     """train.py's parsers, the subcommands' too."""
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Around a script's main(): what escapes it, said in one line. A Ctrl-C the run did not catch (a second one
-    while it stops, or one before training started) exits with 130; a file or directory it cannot read or write
-    (logs/ a file, read-only, a full disk) with 1, naming it."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        print("\nSIGINT: stopped at once", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        sys.exit(f"error: {where}{error.strerror or error}")
-    finally:
-        signal.signal(signal.SIGINT, stop_at_once)  # while the process ends: no traceback from its last steps
 
 
 FLOAT32_MAX = torch.finfo(torch.float32).max  # beyond it, a setting is inf in the model's and the data's dtype
@@ -88,8 +67,10 @@ GPUS = {"gpu": torch.cuda.is_available, "cuda": torch.cuda.is_available, "mps": 
 def settings_problem(config: Namespace) -> str | None:
     """The first setting that one loop would refuse, or the two would treat differently, named; None if none.
 
-    Both entry points ask before anything is written, so the two refuse the same values in the same words."""
+    The three entry points ask before anything is written, so they refuse the same values in the same words."""
     trainer = config.trainer
+    if trainer.barebones:  # Lightning's own refusal names one of the callbacks, logger or checkpoints at a time
+        return "trainer.barebones=True turns off the logging and checkpoints that configs/default.yaml sets up"
     max_epochs = trainer.max_epochs
     if not isinstance(max_epochs, int) or max_epochs < 1:  # Lightning takes 0 and -1; T_max must be >= 1
         return f"trainer.max_epochs must be a positive integer, got {max_epochs!r}"
@@ -147,7 +128,7 @@ def quiet() -> None:
         "ignore",
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         FutureWarning,
-        "lightning.pytorch.utilities._pytree",
+        PYTREE_MODULE,
     )
     # Lightning's CLI code calls jsonargparse in ways jsonargparse has deprecated (skip_none, parse_object).
     warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning, module="lightning.pytorch.cli")

@@ -15,6 +15,7 @@ from lightning.fabric import Fabric
 from lightning.fabric.utilities.seed import reset_seed
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import set_rng_state
+from {{ cookiecutter.package_name }}.machinery.lightning_internals import set_times_iterated, unwrapped_dataloader
 from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
 
 
@@ -31,9 +32,9 @@ class FabricRun(PlainRun):
             reset_seed()  # Trainer(strategy="ddp") seeds each process again, after the model is made
         # The frames are drawn from the module itself, outside autocast, as the other loops draw them; the loader's
         # count of batches is the DataLoader's own.
-        start_epoch = super().start(model.module, optimizer, scheduler, scaler, data, loader._dataloader)
+        start_epoch = super().start(model.module, optimizer, scheduler, scaler, data, unwrapped_dataloader(loader))
         # Fabric's DataLoader sets its DistributedSampler's epoch to the number of times it was iterated.
-        loader._num_iter_calls = start_epoch
+        set_times_iterated(loader, start_epoch)
         return start_epoch
 
     def _restore(self, model, optimizer, scheduler, scaler, data, loader) -> None:

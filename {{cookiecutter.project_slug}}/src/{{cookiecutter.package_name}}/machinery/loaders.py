@@ -223,11 +223,13 @@ def tensors_of(dataset: Dataset) -> tuple[Tensor, ...] | None:
 
 
 def stacked(dataset: Dataset) -> tuple[Tensor, Tensor]:
-    """Every (input, label) of `dataset`, in its order, as two tensors: (N, ...) inputs, (N,) labels."""
+    """Every (input, label) of `dataset`, in its order, as two tensors: (N, ...) inputs, (N,) labels. A dataset that
+    draws random numbers in `dataset[i]` draws them from a pinned seed: the run's own random state is left be."""
     tensors = tensors_of(dataset)
     if tensors is not None:
         return tensors[0], tensors[1]
-    X, y = default_collate([dataset[i] for i in range(len(dataset))])
+    with drawing_from(0):
+        X, y = default_collate([dataset[i] for i in range(len(dataset))])
     return X, y
 
 

@@ -7,15 +7,26 @@ nothing. The writer flushes on its own schedule, as the plain loop's does, and `
 the same points as the plain loop: with every checkpoint (GracefulStop.on_save_checkpoint) and at the end.
 
 Lightning also logs an `epoch` scalar at every step; the plain loop has no such tag, and neither has this logger.
+`at_step` puts an evaluation's numbers at the step of the checkpoint it evaluates, where Lightning would put them at 0.
 """
 
 from lightning.pytorch import loggers
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):
+    def __init__(self, save_dir: str, *, at_step: int | None = None, **kwargs):
+        """
+        Args:
+            save_dir: Where the runs' directories go, as TensorBoardLogger's.
+            at_step: The step every value is logged at, in place of the Trainer's; None: the Trainer's.
+        """
+        super().__init__(save_dir, **kwargs)
+        self.at_step = at_step
+
     def log_metrics(self, metrics, step=None) -> None:
         # The `epoch` that Lightning's LoggerConnector adds to every step's metrics.
-        super().log_metrics({name: value for name, value in metrics.items() if name != "epoch"}, step)
+        metrics = {name: value for name, value in metrics.items() if name != "epoch"}
+        super().log_metrics(metrics, step if self.at_step is None else self.at_step)
 
     def save(self) -> None:
         """Called by Lightning after every logged step: nothing to write yet."""

@@ -55,6 +55,8 @@ class PlainRun:
     resume: dict[str, Any] | None = None  # a checkpoint read back: Trainer.fit(ckpt_path=...)
     stop: StopRequest | None = None  # Ctrl-C and SIGTERM: the GracefulStop callback
     step: int = 0  # optimizer steps so far: Trainer.global_step
+    log_every_n_steps: int = 1  # Trainer(log_every_n_steps=...): train/loss at every n-th step
+    _bar = None  # the progress bar, where there is one
 
     def distribute(self, model: nn.Module, loader: DataLoader, val_loader: DataLoader, seed: int):
         """Trainer(strategy="ddp"), in one of several processes launched by torchrun; else nothing.
@@ -97,7 +99,8 @@ class PlainRun:
         """The epochs, with a progress bar over all of them: the TQDMProgressBar callback."""
         if not self.progress_bar:
             return epochs
-        return tqdm(epochs, initial=epochs.start, total=epochs.stop, desc="fit", unit="epoch")
+        self._bar = tqdm(epochs, initial=epochs.start, total=epochs.stop, desc="fit", unit="epoch")
+        return self._bar
 
     def epoch_start(self, epoch: int) -> int:
         """The fit loop at an epoch's start: DistributedSampler.set_epoch; LearningRateMonitor. The index of
@@ -126,7 +129,9 @@ class PlainRun:
             raise NonFiniteLossError("train/loss", loss.item(), self.step, epoch)
         if not stepped:
             return
-        self._log("train/loss", loss.item(), self.step)  # the window's last batch's loss
+        self._loss = loss  # for the progress bar
+        if (self.step + 1) % self.log_every_n_steps == 0:  # the logger connector's should_update_logs
+            self._log("train/loss", loss.item(), self.step)  # the window's last batch's loss
         self.step += 1
         if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):
             self._save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
@@ -136,9 +141,13 @@ class PlainRun:
         """After validation: self.log("val/..."), StopOnNonFiniteLoss, DecisionBoundary, the metrics' reset,
         ModelCheckpoint(save_last=True), GracefulStop, in the order Lightning runs them."""
         loss = val_loss.compute()
+        values = {"val/loss": loss, **val_metrics.compute()}
         # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
-        for tag, value in {"val/loss": loss, **val_metrics.compute()}.items():
+        for tag, value in values.items():
             self._log(tag, value.item(), self.step - 1)
+        if self._bar is not None:  # the latest values, as TQDMProgressBar shows them
+            shown = {"train/loss": self._loss, **values}
+            self._bar.set_postfix({tag: f"{value.item():.3f}" for tag, value in shown.items()})
         if not torch.isfinite(loss):
             raise NonFiniteLossError("val/loss", loss.item(), self.step - 1, epoch)
         if self.boundary is not None and self.boundary.wants(epoch):

@@ -16,7 +16,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from {{ cookiecutter.package_name }}.machinery.interrupt import stop_at_once
+from {{ cookiecutter.package_name }}.machinery.lightning_internals import ask_trainer_to_stop
+from {{ cookiecutter.package_name }}.machinery.script import stop_at_once
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,7 +122,7 @@ class GracefulStop(StopRequest, L.Callback):
     @staticmethod
     def _stop(trainer: L.Trainer) -> None:
         # The Trainer's own flag: its loops raise SIGTERMException once this batch is logged (or this epoch is done).
-        trainer._signal_connector.received_sigterm = True
+        ask_trainer_to_stop(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
