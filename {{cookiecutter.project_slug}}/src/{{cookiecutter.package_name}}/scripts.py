@@ -193,8 +193,8 @@ class CLI(LightningCLI):
 
 # The Trainer settings the plain and Fabric loops keep: the values each takes (ANY: every value the parser takes).
 # Any other trainer setting at another value than configs/default.yaml's is refused by name, a setting that a new
-# Lightning release adds too, until it is kept here; tests/test_cli.py gives every trainer setting of the parsers a
-# value of its own and checks that the three rungs compute the same numbers or that the loop refuses it.
+# Lightning release adds too, until it is kept here; tests/test_every_option.py gives every trainer setting of the
+# parsers a value of its own and checks that the three rungs compute the same numbers or that the loop refuses it.
 ANY = None
 KEPT = {
     # What the loops implement, as the Trainer does; settings_problem() checks the values.
