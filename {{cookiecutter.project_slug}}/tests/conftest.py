@@ -30,18 +30,27 @@ os.environ["OMP_NUM_THREADS"] = "1"
 # What a project script runs with in a subprocess: the package importable, installed or not.
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
+# The runs the tests make, one family: a test adds what it is about to one of them, by name (DROPOUT) or spelled out.
 # Flags the three entry points take to run quietly; tests add their own log directory.
 QUIET = ["--trainer.enable_progress_bar=false"]
 LIGHTNING = ["--trainer.enable_model_summary=false"]  # Lightning's alone: the plain loop prints no summary
+# The equivalence tests' run: 600 points; 360 train in batches of 64, the last of 40 (6 steps an epoch); 120 validate.
 SMALL = ["--trainer.max_epochs=3", "--data.dataset.points_per_class=200"]
-# 90 training points in batches of 32: 3 steps an epoch, 12 in all.
+# The quickest run: 150 points; 90 train in batches of 32, 32 and 26 (3 steps an epoch, 12 in all); 30 validate, in
+# one batch; no animation.
+TINY_EPOCHS, TINY_STEPS_PER_EPOCH = 4, 3
 TINY = [
     *QUIET,
-    "--trainer.max_epochs=4",
+    f"--trainer.max_epochs={TINY_EPOCHS}",
     "--data.dataset.points_per_class=50",
     "--data.batch_size=32",
     "--boundary.every_n_epochs=0",
 ]
+# A run long enough to stop by a signal or a kill at a random moment: the default 1800 training points, 29 steps an
+# epoch (15 a process under DDP), 14 epochs.
+LONGER = [*QUIET, "--trainer.max_epochs=14", "--boundary.every_n_epochs=0"]
+# Random draws in training: a resumed or distributed run that drew other numbers than the reference would show.
+DROPOUT = "--model.net.dropout=0.3"
 
 # fp16 with a GradScaler: Lightning runs precision="16-mixed" on GPUs alone (on the CPU it warns and switches to
 # bf16-mixed), and the entry points refuse it there. torch's fp16 autocast and GradScaler run on the CPU too: the
@@ -169,6 +178,25 @@ def written(monkeypatch) -> dict[str, dict[str, list[tuple[int, float]]]]:
 
     monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
     return calls
+
+
+def mismatches(run: tuple[dict, dict], reference: tuple[dict, dict], skip: frozenset = frozenset()) -> list[str]:
+    """Everything in which a run differs from a reference run, each given as (state, scalars): a checkpoint or the
+    final weights and optimizer state (`differences`; `skip`: keys left out), and every TensorBoard series, tag ->
+    [(step, value)], its steps equal and its values torch.equal. [] when they are identical."""
+    (state, scalars), (expected_state, expected_scalars) = run, reference
+    found = differences(state, expected_state, skip=skip)
+    for tag in sorted(scalars.keys() | expected_scalars.keys()):
+        if tag not in scalars or tag not in expected_scalars:
+            found.append(f"scalars {tag}: in one run alone")
+        elif differences(series(scalars[tag]), series(expected_scalars[tag])):
+            found.append(f"scalars {tag}")
+    return found
+
+
+def series(points: list[tuple[int, float]]) -> tuple[list[int], torch.Tensor]:
+    """A TensorBoard series as its steps and its values, float64 (which holds every float32 and Python float)."""
+    return [step for step, _ in points], torch.tensor([value for _, value in points], dtype=torch.float64)
 
 
 def differences(a, b, path: str = "", skip: frozenset = frozenset()) -> list[str]:

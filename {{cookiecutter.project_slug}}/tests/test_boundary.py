@@ -11,7 +11,7 @@ from {{ cookiecutter.package_name }}.boundary import PALETTE, TAG, BoundaryAnima
 from {{ cookiecutter.package_name }}.data import make_spiral
 from {{ cookiecutter.package_name }}.model import MLP
 
-from conftest import QUIET, SMALL, fit, run
+from conftest import DROPOUT, QUIET, SMALL, fit, run
 
 SIDES = ("lightning", "torch", "fabric")
 
@@ -48,7 +48,7 @@ def test_switching_the_animation_off_changes_no_loss(side, tmp_path, written):
     """With dropout on, a stray draw from the global RNG or a wrong train/eval mode would show in the losses."""
     for every in (1, 0):
         args = [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path / str(every)}", *SMALL]
-        fit(side, [*args, "--model.net.dropout=0.3", f"--boundary.every_n_epochs={every}"])
+        fit(side, [*args, DROPOUT, f"--boundary.every_n_epochs={every}"])
     on, off = (tmp_path / str(every) / side / "version_0" for every in (1, 0))
     assert (on / "decision_boundary.gif").exists() and not (off / "decision_boundary.gif").exists()
     losses = torch.tensor([value for _, value in written[side]["train/loss"]])

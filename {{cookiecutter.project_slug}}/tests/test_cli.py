@@ -1,8 +1,9 @@
 """The entry points as a user runs them: `python train.py fit|validate|test|predict`, `python train_torch.py` and
 `python train_fabric.py`.
 
-One tiny fit is shared by the module; validate, test and predict start from its last.ckpt. Bad config values
-run in this process through the same main() the scripts call (a subprocess each would cost seconds of imports).
+One tiny fit (configs/smoke.yaml under conftest's TINY) is shared by the module; validate, test and predict start
+from its last.ckpt. Bad config values run in this process through the same main() the scripts call (a subprocess
+each would cost seconds of imports).
 """
 
 import csv
@@ -23,19 +24,23 @@ from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.cli import instantiate
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
-from conftest import QUIET, ROOT, event_scalars, points, run, write_points
+from conftest import (
+    LIGHTNING,
+    QUIET,
+    ROOT,
+    TINY,
+    TINY_EPOCHS,
+    TINY_STEPS_PER_EPOCH,
+    event_scalars,
+    points,
+    run,
+    write_points,
+)
 
 # Where validate, test and predict of a checkpoint that is no run's of logs/lightning write.
 EVALUATIONS = Path("logs") / "lightning" / "evaluations"
-EPOCHS, STEPS_PER_EPOCH = 2, 3  # 90 training points in batches of 32, 32 and 26
-DATA = ["--data.dataset.points_per_class=50", "--data.batch_size=32"]
-TINY = [
-    f"--config={ROOT / 'configs' / 'smoke.yaml'}",
-    *QUIET,
-    "--trainer.enable_model_summary=false",
-    f"--trainer.max_epochs={EPOCHS}",
-    *DATA,
-]
+# The config file a user tries first, checked here under TINY's flags.
+SMOKE = f"--config={ROOT / 'configs' / 'smoke.yaml'}"
 POINTS = [(0.5, -0.25, 0), (-1.0, 2.0, 1), (3.0, 0.125, 2), (0.0, 0.0, 1), (1e-3, -4e2, 0), (0.3, 0.3, 2), (2, 1, 0)]
 
 
@@ -63,7 +68,7 @@ def saved_data(run_dir: Path) -> SpiralDataModule:
 def fitted(tmp_path_factory) -> Path:
     """The run directory of one tiny `python train.py fit`, logs/lightning/version_0."""
     cwd = tmp_path_factory.mktemp("fit")
-    succeeded(run("train.py", "fit", *TINY, cwd=cwd))
+    succeeded(run("train.py", "fit", SMOKE, *LIGHTNING, *TINY, cwd=cwd))
     return cwd / "logs" / "lightning" / "version_0"
 
 
@@ -75,20 +80,21 @@ def checkpoint(fitted) -> Path:
 def test_fit_logs_every_step_and_every_epoch(fitted):
     scalars = event_scalars(fitted)
     steps = [step for step, _ in scalars["train/loss"]]
-    assert steps == list(range(EPOCHS * STEPS_PER_EPOCH))  # every optimizer step, from 0
+    assert steps == list(range(TINY_EPOCHS * TINY_STEPS_PER_EPOCH))  # every optimizer step, from 0
     assert all(math.isfinite(loss) for _, loss in scalars["train/loss"])
-    epoch_ends = [STEPS_PER_EPOCH * (epoch + 1) - 1 for epoch in range(EPOCHS)]
+    epoch_ends = [TINY_STEPS_PER_EPOCH * (epoch + 1) - 1 for epoch in range(TINY_EPOCHS)]
     assert [step for step, _ in scalars["val/loss"]] == epoch_ends
     assert [step for step, _ in scalars["val/acc"]] == epoch_ends
     assert all(0 <= acc <= 1 for _, acc in scalars["val/acc"])
-    # The learning rate of each epoch, at its first step: cosine annealing from 1e-3 over 2 epochs.
-    assert [step for step, _ in scalars["train/lr"]] == [STEPS_PER_EPOCH * epoch for epoch in range(EPOCHS)]
-    assert [lr for _, lr in scalars["train/lr"]] == pytest.approx([1e-3, 5e-4])
+    # The learning rate of each epoch, at its first step: cosine annealing from 1e-3 to 0 over the run's epochs.
+    assert [step for step, _ in scalars["train/lr"]] == [TINY_STEPS_PER_EPOCH * epoch for epoch in range(TINY_EPOCHS)]
+    cosine = [1e-3 * (1 + math.cos(math.pi * epoch / TINY_EPOCHS)) / 2 for epoch in range(TINY_EPOCHS)]
+    assert [lr for _, lr in scalars["train/lr"]] == pytest.approx(cosine)
 
 
 def test_fit_keeps_its_config_hyperparameters_and_checkpoints(fitted, checkpoint):
     config = yaml.safe_load((fitted / "config.yaml").read_text())
-    assert config["trainer"]["max_epochs"] == EPOCHS
+    assert config["trainer"]["max_epochs"] == TINY_EPOCHS
     assert config["data"]["dataset"]["init_args"]["points_per_class"] == 50 and config["data"]["batch_size"] == 32
     assert config["model"]["lr"] == 1e-3 and config["seed_everything"] == 0
     hparams = yaml.safe_load((fitted / "hparams.yaml").read_text())
@@ -102,7 +108,7 @@ def test_fit_keeps_its_config_hyperparameters_and_checkpoints(fitted, checkpoint
     )
     # Lightning resumes with torch.load(weights_only=True): everything in the checkpoint must survive it.
     state = torch.load(checkpoint, weights_only=True)
-    assert (state["epoch"], state["global_step"]) == (EPOCHS - 1, EPOCHS * STEPS_PER_EPOCH)
+    assert (state["epoch"], state["global_step"]) == (TINY_EPOCHS - 1, TINY_EPOCHS * TINY_STEPS_PER_EPOCH)
 
 
 def test_a_second_fit_from_the_saved_config_is_version_1_and_the_same_run(fitted):
@@ -189,11 +195,11 @@ def test_predict_on_a_csv_file_predicts_every_point_of_it(checkpoint, tmp_path):
 
 
 def test_the_plain_loop_writes_the_same_tags_and_values(fitted, tmp_path):
-    stdout = succeeded(run("train_torch.py", *TINY, cwd=tmp_path)).stdout
+    stdout = succeeded(run("train_torch.py", SMOKE, *TINY, cwd=tmp_path)).stdout
     run_dir = tmp_path / "logs" / "torch" / "version_0"
     assert f"logs: {Path('logs') / 'torch' / 'version_0'}" in stdout
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["trainer"]["max_epochs"] == EPOCHS
+    assert config["trainer"]["max_epochs"] == TINY_EPOCHS
     assert config["data"]["dataset"]["init_args"]["points_per_class"] == 50
     plain, lightning = event_scalars(run_dir), event_scalars(fitted)
     assert plain == lightning
@@ -367,11 +373,11 @@ def test_a_bad_value_is_one_line_and_exit_2_from_the_command_line(command, tmp_p
 
 def test_a_run_says_what_it_did_and_nothing_else(tmp_path):
     """No third-party tips, deprecations or info lines about absent hardware; the result and where it went."""
-    result = run("train.py", "fit", *TINY, "--boundary.every_n_epochs=1", cwd=tmp_path)
+    result = run("train.py", "fit", *LIGHTNING, *TINY, "--boundary.every_n_epochs=1", cwd=tmp_path)
     succeeded(result)
     said = (result.stdout + result.stderr).strip().splitlines()  # Lightning's line on stderr, ours on stdout
     assert sorted(said) == [
-        f"`Trainer.fit` stopped: `max_epochs={EPOCHS}` reached.",
+        f"`Trainer.fit` stopped: `max_epochs={TINY_EPOCHS}` reached.",
         "decision boundary: logs/lightning/version_0/decision_boundary.gif",
         "logs: logs/lightning/version_0",
     ]  # sorted
@@ -400,7 +406,9 @@ def test_the_good_values_next_to_the_bad_ones_reach_training(entry, no_training)
 def test_fit_with_enable_progress_bar_false_runs_without_a_bar(tmp_path):
     """The Trainer refuses enable_progress_bar=False beside default.yaml's TQDMProgressBar unless train.py drops it."""
     flags = [flag for flag in TINY if flag not in QUIET]
-    result = succeeded(run("train.py", "fit", *flags, "--trainer.enable_progress_bar", "false", cwd=tmp_path))
+    result = succeeded(
+        run("train.py", "fit", *LIGHTNING, *flags, "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    )
     assert "Epoch 0" not in result.stderr
     assert (tmp_path / "logs" / "lightning" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 

@@ -14,13 +14,26 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from conftest import CHECKPOINT, ENV, QUIET, ROOT, ctrl_c, differences, event_scalars, final_state
+from conftest import (
+    CHECKPOINT,
+    DROPOUT,
+    ENV,
+    LIGHTNING,
+    LONGER,
+    QUIET,
+    ROOT,
+    ctrl_c,
+    differences,
+    event_scalars,
+    final_state,
+    mismatches,
+)
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 # `torchrun` is torch.distributed.run's console script; the module runs where the script is not installed.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 COMMANDS = {
-    "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, "--trainer.enable_model_summary=false"],
+    "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, *LIGHTNING],
     "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
     "fabric": [sys.executable, str(ROOT / "train_fabric.py"), *DDP],
 }
@@ -33,11 +46,9 @@ ARGS = [
     "--data.dataset.points_per_class=100",
     "--data.batch_size=32",
     "--data.val_batch_size=25",
-    "--model.net.dropout=0.3",
+    DROPOUT,
     "--boundary.every_n_epochs=2",
 ]
-# For the Ctrl-C test: 900 points a process, 15 steps an epoch, 14 epochs: seconds to stop it in.
-LONGER = [*QUIET, "--trainer.max_epochs=14", "--boundary.every_n_epochs=0", "--model.net.dropout=0.3"]
 TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}  # what the essay's experiment logs, at least
 
 
@@ -61,9 +72,9 @@ def test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identica
     plain_scalars = scalars["torch"]
     assert TAGS <= set(plain_scalars)
     assert len(plain_scalars["train/loss"]) == 4 * 3  # each process trained on its half: 3 steps an epoch
-    for side in ("lightning", "fabric"):
-        assert scalars[side] == plain_scalars, side  # every tag either writes, yours too
-        assert differences(final_state(side, runs[side]), final_state("torch", runs["torch"])) == [], side
+    plain = (final_state("torch", runs["torch"]), plain_scalars)
+    for side in ("lightning", "fabric"):  # every tag either writes, yours too
+        assert mismatches((final_state(side, runs[side]), scalars[side]), plain) == [], side
 
     # The control: one process on all the data is another run, so the equality above is DDP's.
     single = subprocess.run([sys.executable, str(ROOT / "train_torch.py"), *ARGS], cwd=tmp_path, env=ENV)
@@ -101,8 +112,8 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
     plain = runs["torch"]
     assert len(event_scalars(plain)["train/loss"]) == 4 * 2  # 2 steps an epoch
     for side in ("lightning", "fabric"):
-        assert event_scalars(runs[side]) == event_scalars(plain), side
-        assert differences(final_state(side, runs[side]), final_state("torch", plain)) == [], side
+        outcome = (final_state(side, runs[side]), event_scalars(runs[side]))
+        assert mismatches(outcome, (final_state("torch", plain), event_scalars(plain))) == [], side
 
     for side in ("torch", "fabric"):  # Fabric under torchrun: the DDP of the processes torchrun started
         cwd = tmp_path / f"without_{side}"
@@ -119,12 +130,12 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
 def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
     """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically. One
     uninterrupted run for both: the two loops compute the same run (the test above)."""
-    expected = launch("torch", LONGER, tmp_path / "reference")
+    expected = launch("torch", [*LONGER, DROPOUT], tmp_path / "reference")
     for side in SIDES:
         cwd = tmp_path / side
         cwd.mkdir(exist_ok=True)
         checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
-        code, stderr = ctrl_c([*COMMANDS[side], *LONGER], cwd, checkpoint)
+        code, stderr = ctrl_c([*COMMANDS[side], *LONGER, DROPOUT], cwd, checkpoint)
         assert code != 0, f"{side} finished before Ctrl-C"
         if side == "lightning":  # Lightning's processes agree to stop at the end of the epoch and save it
             assert code == 130, stderr[-3000:]
@@ -132,10 +143,9 @@ def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
         step = torch.load(checkpoint, weights_only=True)["global_step" if side == "lightning" else "step"]
         assert step % 15 == 0  # the end of an epoch
 
-        resumed = launch(side, [*LONGER, "--ckpt_path=last"], cwd)
-        assert differences(final_state(side, resumed), final_state("torch", expected)) == []
-        scalars, expected_scalars = event_scalars(resumed), event_scalars(expected)
-        assert [tag for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]] == []
+        resumed = launch(side, [*LONGER, DROPOUT, "--ckpt_path=last"], cwd)
+        outcome = (final_state(side, resumed), event_scalars(resumed))
+        assert mismatches(outcome, (final_state("torch", expected), event_scalars(expected))) == [], side
 
 
 def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_line(tmp_path):

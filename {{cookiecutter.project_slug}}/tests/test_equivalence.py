@@ -2,25 +2,31 @@
 
 The three real entry points, train.main (LightningCLI), train_torch.main (loop.fit) and train_fabric.main
 (loop_fabric.fit), run here on the same flags. What they write to TensorBoard, the final weights, optimizer,
-scheduler and GradScaler state must be identical: torch.equal, no tolerance. Negative controls break one line of
-the plain loop, or of the Fabric loop, and must be caught.
+scheduler and GradScaler state must be identical: torch.equal, no tolerance. Each variation of the settings also
+asserts, on the run it made, the property it is named for (several validation batches, a partial window, clipping
+that bites...), so that none passes by doing nothing. Negative controls break one line of the plain loop, or of the
+Fabric loop, and must be caught; tests/mutations.py breaks every line of both, one at a time.
 """
 
 import math
-import re
 import types
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from lightning import Trainer
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 
 import train_fabric
 import train_torch
+from lab.edits import change, leave, move, variant
 from {{ cookiecutter.package_name }} import loop, loop_fabric
-from {{ cookiecutter.package_name }}.data import Spiral, SpiralDataModule, make_spiral
+from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
 from conftest import (
+    DROPOUT,
     FP16,
     QUIET,
     ROOT,
@@ -30,6 +36,7 @@ from conftest import (
     event_scalars,
     final_state,
     fit,
+    mismatches,
     points,
     run,
     shut_down_workers,
@@ -37,6 +44,7 @@ from conftest import (
 )
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")  # what the essay's experiment logs, at least
+DEFAULT = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
 
 
 SIDES = ("lightning", "torch", "fabric")
@@ -51,11 +59,6 @@ def train(tmp_path: Path, written, *flags: str, own: dict[str, list[str]] | None
     return runs
 
 
-def series(written, side: str, tag: str) -> tuple[list[int], torch.Tensor]:
-    steps, values = zip(*written[side][tag], strict=True)
-    return list(steps), torch.tensor(values, dtype=torch.float64)
-
-
 def trained_states(side: str, result) -> tuple[dict, dict, dict]:
     """The weights, optimizer state and scheduler state a side's main() ended with."""
     if side == "lightning":
@@ -66,26 +69,20 @@ def trained_states(side: str, result) -> tuple[dict, dict, dict]:
     return model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
 
 
-def mismatches(runs: dict, written, tmp_path: Path) -> list[str]:
-    """Everything that differs between each side's run and the plain loop's; [] when they are all identical."""
-    found = []
-    plain = trained_states("torch", runs["torch"])
-    plain_scaler = final_state("torch", tmp_path / "torch" / "version_0")["scaler"]
-    for side in runs.keys() - {"torch"}:
-        if written[side].keys() != written["torch"].keys():  # every tag either side writes: yours too
-            found.append(f"{side} tags {sorted(written[side])} != {sorted(written['torch'])}")
-        for tag in written[side].keys() & written["torch"].keys():
-            (steps, values), (plain_steps, plain_values) = (series(written, s, tag) for s in (side, "torch"))
-            if steps != plain_steps or not torch.equal(values, plain_values):
-                found.append(f"{side} {tag}")
-        for name, state, plain_state in zip(
-            ("weights", "optimizer", "scheduler"), trained_states(side, runs[side]), plain, strict=True
-        ):
-            found += differences(state, plain_state, f"{side} {name}")
-        # From the final checkpoints: the GradScaler's state, under 16-mixed.
-        scaler = final_state(side, tmp_path / side / "version_0")["scaler"]
-        found += differences(scaler, plain_scaler, f"{side} scaler")
-    return found
+def outcome(side: str, runs: dict, written, tmp_path: Path) -> tuple[dict, dict]:
+    """What a side's run ended with, for `mismatches`: the weights, optimizer and scheduler its main() returned and
+    the GradScaler's state in its last checkpoint (under 16-mixed); and every scalar it wrote, yours too."""
+    weights, optimizer, scheduler = trained_states(side, runs[side])
+    scaler = final_state(side, tmp_path / side / "version_0")["scaler"]
+    return {"weights": weights, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, written[side]
+
+
+def differing_from_plain(runs: dict, written, tmp_path: Path) -> list[str]:
+    """Everything in which each side's run differs from the plain loop's, `<side>: <what>`; [] when all are
+    identical."""
+    plain = outcome("torch", runs, written, tmp_path)
+    others = sorted(runs.keys() - {"torch"})
+    return [f"{side}: {m}" for side in others for m in mismatches(outcome(side, runs, written, tmp_path), plain)]
 
 
 def test_the_entry_points_with_no_flags_are_identical_for_all_100_epochs(tmp_path):
@@ -137,31 +134,119 @@ def csv_files(tmp_path_factory) -> dict[str, Path]:
 
 
 VARIATIONS = {
-    "dropout": ["--model.net.dropout=0.3"],
+    "dropout": [DROPOUT],
     "two persistent workers": ["--data.num_workers=2", "--data.persistent_workers=true"],
     "validation in several batches": ["--data.val_batch_size=50"],
     "no partial last batch": ["--data.batch_size=60"],
     "another seed": ["--seed_everything=1", "--data.seed=1"],
+    "another learning rate": ["--model.lr=3e-3"],
     "a CSV file": points("{csv}", classes=4),
     "a CSV of 5 features": points("{csv5}", features=5),
     "clipping at 0.05": ["--trainer.gradient_clip_val=0.05"],
     "no clipping": ["--trainer.gradient_clip_val=null"],
-    "bf16-mixed, with dropout": ["--trainer.precision=bf16-mixed", "--model.net.dropout=0.3"],
+    "bf16-mixed, with dropout": ["--trainer.precision=bf16-mixed", DROPOUT],
     # 6 batches an epoch: a window of 4, then a partial one of 2; clipping that bites.
     "accumulating 4, clipping at 0.05": ["--trainer.accumulate_grad_batches=4", "--trainer.gradient_clip_val=0.05"],
     "bf16-mixed, accumulating 4, dropout": [
         "--trainer.precision=bf16-mixed",
         "--trainer.accumulate_grad_batches=4",
-        "--model.net.dropout=0.3",
+        DROPOUT,
     ],
 }
 
 
+def batch_sizes(loader) -> list[int]:
+    """The size of each batch of an epoch of `loader`."""
+    return [len(y) for _, y in loader]
+
+
+def partial_window(cli) -> bool:
+    """An epoch's batches fill a window of accumulate_grad_batches and end in a shorter one."""
+    batches, n = len(cli.trainer.train_dataloader), cli.trainer.accumulate_grad_batches
+    return batches > n and batches % n != 0
+
+
+def clipping_bites(cli, seen) -> bool:
+    """A gradient's norm was above gradient_clip_val: the clipping changed it."""
+    return max(seen.norms) > cli.trainer.gradient_clip_val
+
+
+def another_split(cli) -> bool:
+    """The DataModule's seed splits the points otherwise than the base's, seed 0."""
+    data = cli.datamodule
+    base = SpiralDataModule(data.dataset, data.hparams.val_fraction, data.hparams.test_fraction, seed=0)
+    base.setup("fit")
+    return not torch.equal(data.val_set.tensors[0], base.val_set.tensors[0])
+
+
+# What each variation is named for, checked on the runs it made (the Lightning run's CLI: its Trainer, DataModule and
+# network; and `seen`), so that a variation whose settings stop doing what its name says fails. Those that change
+# the numbers are also in test_variations_change_the_run.
+NAMED_FOR = {
+    "dropout": lambda cli, seen: any(isinstance(m, nn.Dropout) and m.p > 0 for m in cli.model.net.modules()),
+    "two persistent workers": lambda cli, seen: (
+        (cli.trainer.train_dataloader.num_workers, cli.trainer.train_dataloader.persistent_workers) == (2, True)
+    ),
+    # Batches of unequal sizes, where a mean of the batch means is not the mean over the points.
+    "validation in several batches": lambda cli, seen: len(set(batch_sizes(cli.datamodule.val_dataloader()))) > 1,
+    "no partial last batch": lambda cli, seen: len(set(batch_sizes(cli.trainer.train_dataloader))) == 1,
+    "another seed": lambda cli, seen: another_split(cli),
+    "another learning rate": lambda cli, seen: cli.model.hparams.lr != DEFAULT["model"]["lr"],
+    "a CSV file": lambda cli, seen: set(cli.datamodule.dataset.tensors[1].tolist()) == {0, 1, 2, 3},
+    "a CSV of 5 features": lambda cli, seen: cli.datamodule.dataset.tensors[0].shape[1] == 5,
+    "clipping at 0.05": clipping_bites,
+    "no clipping": lambda cli, seen: seen.norms == [],
+    "bf16-mixed, with dropout": lambda cli, seen: seen.dtypes == {torch.bfloat16},
+    "accumulating 4, clipping at 0.05": lambda cli, seen: partial_window(cli) and clipping_bites(cli, seen),
+    "bf16-mixed, accumulating 4, dropout": lambda cli, seen: partial_window(cli) and seen.dtypes == {torch.bfloat16},
+}
+
+
+@pytest.fixture
+def seen(monkeypatch) -> types.SimpleNamespace:
+    """What the runs computed that their logs do not show: the gradient norm each clipping found (every loop clips
+    through torch.nn.utils.clip_grad_norm_) and the dtypes of the training forward's nn.Linear outputs."""
+    seen = types.SimpleNamespace(norms=[], dtypes=set())
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_grad_norm_(*args, **kwargs):
+        norm = clip(*args, **kwargs)
+        seen.norms.append(norm.item())
+        return norm
+
+    def forward_hook(module, inputs, output):
+        if isinstance(module, nn.Linear) and torch.is_grad_enabled():
+            seen.dtypes.add(output.dtype)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
+    handle = register_module_forward_hook(forward_hook)
+    yield seen
+    handle.remove()
+
+
 @pytest.mark.parametrize("name", VARIATIONS)
-def test_variations_stay_identical(name, tmp_path, written, csv_files):
+def test_variations_stay_identical(name, tmp_path, written, seen, csv_files):
     flags = [flag.format(**csv_files) for flag in VARIATIONS[name]]
     runs = train(tmp_path, written, *SMALL, *flags)
-    assert mismatches(runs, written, tmp_path) == []
+    assert differing_from_plain(runs, written, tmp_path) == []
+    assert NAMED_FOR[name](runs["lightning"], seen), f"the runs are not what {name!r} says"
+
+
+def test_val_loss_weighs_each_validation_batch_by_its_size(tmp_path, written):
+    """The last epoch's val/loss, from the final weights: the mean of the batches' losses, each weighted by its size,
+    as the essay's loss over all the validation points at once; not the mean of the batch means."""
+    cli = fit(
+        "lightning", [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL, "--data.val_batch_size=50"]
+    )
+    model = cli.model.eval()
+    with torch.no_grad():
+        losses = [(model.criterion(model(X), y), len(y)) for X, y in cli.datamodule.val_dataloader()]
+    weighted_sum, weight = torch.tensor(0.0), torch.tensor(0.0)
+    for loss, size in losses:
+        weighted_sum, weight = weighted_sum + loss * size, weight + size
+    logged = torch.tensor(written["lightning"]["val/loss"][-1][1], dtype=torch.float32)
+    assert torch.equal(logged, weighted_sum / weight)
+    assert not torch.equal(logged, torch.stack([loss for loss, _ in losses]).mean())  # the batches are unequal
 
 
 def test_points_of_5_features_train_a_model_of_5_inputs_in_each_loop(tmp_path, written, csv_files):
@@ -197,7 +282,7 @@ BATCHNORM = "--model.net=test_equivalence.BatchNormMLP"  # its init_args, MLP's,
 @pytest.mark.parametrize("name", ["dropout", "bf16-mixed, accumulating 4, dropout", "validation in several batches"])
 def test_a_model_with_batchnorm_stays_identical_buffers_included(name, tmp_path, written):
     runs = train(tmp_path, written, *SMALL, BATCHNORM, *VARIATIONS[name])
-    assert mismatches(runs, written, tmp_path) == []  # the state_dicts hold the buffers
+    assert differing_from_plain(runs, written, tmp_path) == []  # the state_dicts hold the buffers
     weights = trained_states("torch", runs["torch"])[0]
     assert weights["net.1.num_batches_tracked"] == 3 * 6  # every training batch, not a validation one
     assert not torch.equal(weights["net.1.running_mean"], torch.zeros(128))
@@ -206,9 +291,9 @@ def test_a_model_with_batchnorm_stays_identical_buffers_included(name, tmp_path,
 def test_with_batchnorm_the_train_and_eval_modes_decide_the_numbers(tmp_path, written, monkeypatch):
     """No dropout: left out, `model.train()` leaves BatchNorm in eval mode after the first validation, normalising
     with its running statistics and updating them no more, as the hook map's row says."""
-    monkeypatch.setattr(train_torch, "fit", broken_fit(moved("model.train()", None)))
+    monkeypatch.setattr(train_torch, "fit", variant(loop, (leave("model.train()"),)).fit)
     runs = train(tmp_path, written, *SMALL, BATCHNORM, sides=("lightning", "torch"))
-    assert "lightning train/loss" in mismatches(runs, written, tmp_path)
+    assert "lightning: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
     assert trained_states("torch", runs["torch"])[0]["net.1.num_batches_tracked"] == 6  # the first epoch's alone
 
 
@@ -216,10 +301,10 @@ def test_fp16_with_its_grad_scaler_accumulating_with_clipping_stays_identical(tm
     """16-mixed: autocast to float16, the loss scaled, the gradients unscaled before the clipping; the scaler's
     state (its scale, its growth tracker) is compared too."""
     allow_fp16_on_cpu(monkeypatch)
-    flags = [*SMALL, *VARIATIONS["accumulating 4, clipping at 0.05"], "--model.net.dropout=0.3"]
+    flags = [*SMALL, *VARIATIONS["accumulating 4, clipping at 0.05"], DROPOUT]
     runs = train(tmp_path, written, *flags, own=FP16)
     assert runs["lightning"].trainer.precision == "16-mixed"
-    assert mismatches(runs, written, tmp_path) == []
+    assert differing_from_plain(runs, written, tmp_path) == []
     # The scaler took part, counting its unskipped steps: not {} == {}, as 32-bit or bf16 runs compare.
     assert final_state("torch", tmp_path / "torch" / "version_0")["scaler"]["_growth_tracker"] > 0
 
@@ -236,113 +321,100 @@ def test_fp16_steps_whose_gradients_overflow_are_skipped_alike(tmp_path, written
 
     monkeypatch.setattr(torch.amp.GradScaler, "__init__", too_large)
     runs = train(tmp_path, written, *SMALL, own=FP16)
-    assert mismatches(runs, written, tmp_path) == []
+    assert differing_from_plain(runs, written, tmp_path) == []
     scaler = final_state("torch", tmp_path / "torch" / "version_0")["scaler"]
     skipped = 20 - round(math.log2(scaler["scale"]))  # one halving each; no growth within 2000 steps
     # Steps skipped, and steps taken since the last skip (the tracker counts those alone).
     assert 0 < skipped < 3 * 6 and 0 < scaler["_growth_tracker"] <= 3 * 6 - skipped
 
 
-def test_the_small_runs_end_on_a_partial_batch():
-    """So the base of VARIATIONS covers a last batch smaller than the rest, and "no partial" changes that."""
-    data = SpiralDataModule(Spiral(points_per_class=200))
+class Built(Exception):
+    """Raised where train.py would start training, with the DataModule it built."""
+
+
+def test_the_small_runs_end_on_a_partial_batch(tmp_path, monkeypatch):
+    """So the base of VARIATIONS covers a last batch smaller than the rest ("no partial last batch" has none: its
+    test checks that): SMALL's DataModule, as train.py builds it, nothing trained."""
+
+    def start(trainer, *args, datamodule, **kwargs):
+        raise Built(datamodule)
+
+    monkeypatch.setattr(Trainer, "fit", start)
+    with pytest.raises(Built) as built:
+        fit("lightning", [*QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL])
+    data = built.value.args[0]
     data.setup("fit")
-    assert len(data.train_set) % 64 != 0
-    assert len(data.train_set) % 60 == 0
-
-
-def moved(line: str, after: str | None):
-    """A loop's source with one line (and the block under it) moved after another line, or deleted when `after` is
-    None."""
-
-    def edit(source: str) -> str:
-        lines = source.splitlines()
-        [start] = [i for i, text in enumerate(lines) if text.strip().startswith(line)]
-        indent = re.match(r"\s*", lines[start]).group()
-        end = start + 1
-        while end < len(lines) and lines[end].startswith(indent + " "):
-            end += 1
-        block, rest = lines[start:end], lines[:start] + lines[end:]
-        if after is not None:
-            [target] = [i for i, text in enumerate(rest) if text.strip().startswith(after)]
-            new_indent = re.match(r"\s*", rest[target]).group()
-            rest[target + 1 : target + 1] = [new_indent + text[len(indent) :] for text in block]
-        return "\n".join(rest)
-
-    return edit
-
-
-def replaced(old: str, new: str):
-    """A loop's source with `old`, which occurs once, replaced by `new`."""
-
-    def edit(source: str) -> str:
-        assert source.count(old) == 1, old
-        return source.replace(old, new)
-
-    return edit
-
-
-def broken_fit(edit, original=loop):
-    """fit() from the source of `original`, loop.py or loop_fabric.py, changed by `edit`."""
-    module = types.ModuleType("broken_loop")
-    exec(compile(edit(Path(original.__file__).read_text()), "broken_loop.py", "exec"), module.__dict__)
-    return module.fit
+    sizes = batch_sizes(data.train_dataloader())
+    assert len(sizes) > 1 and sizes[-1] < sizes[0]
 
 
 ACCUMULATING = ["--trainer.accumulate_grad_batches=4"]
 BREAKAGES = {
-    "scheduler.step() inside the batch loop": (moved("scheduler.step()", "scaler.step(optimizer)"), []),
+    "scheduler.step() inside the batch loop": (move("scheduler.step()", after="scaler.step(optimizer)"), []),
     # At max_norm 1.0 clipping bites on 17 of the default run's 2900 steps and on none of these small runs.
     "clip_grad_norm_ after step": (
-        moved("if hp.gradient_clip_val is not None:", "scaler.step(optimizer)"),
+        move("if hp.gradient_clip_val is not None:", after="scaler.step(optimizer)"),
         VARIATIONS["clipping at 0.05"],
     ),
-    "zero_grad between backward and step": (moved("if batch_idx % N == 0:", "scaler.scale(loss / N)"), []),
-    "model.train() left out, with dropout": (moved("model.train()", None), ["--model.net.dropout=0.3"]),
+    "zero_grad between backward and step": (move("if batch_idx % N == 0:", after="scaler.scale(loss / N)"), []),
+    "model.train() left out, with dropout": (leave("model.train()"), [DROPOUT]),
     # Adam divides by the gradient's own scale: N times the gradient changes its steps only through eps.
-    "the loss not divided by N": (replaced("scaler.scale(loss / N)", "scaler.scale(loss)"), ACCUMULATING),
-    "a step at every batch": (replaced("if steps:  #", "if True:  #"), ACCUMULATING),
-    "zero_grad at every batch": (replaced("if batch_idx % N == 0:", "if True:"), ACCUMULATING),
-    "the partial window not stepped": (replaced(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
-    "autocast left out": (replaced("enabled=dtype is not None", "enabled=False"), ["--trainer.precision=bf16-mixed"]),
+    "the loss not divided by N": (change("scaler.scale(loss / N)", "scaler.scale(loss)"), ACCUMULATING),
+    "a step at every batch": (change("if steps:", "if True:"), ACCUMULATING),
+    "zero_grad at every batch": (change("if batch_idx % N == 0:", "if True:"), ACCUMULATING),
+    "the partial window not stepped": (change(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
+    "autocast left out": (change("enabled=dtype is not None", "enabled=False"), ["--trainer.precision=bf16-mixed"]),
 }
 
 
 @pytest.mark.parametrize("name", BREAKAGES)
 def test_a_single_broken_line_is_caught(name, tmp_path, written, monkeypatch):
     edit, flags = BREAKAGES[name]
-    monkeypatch.setattr(train_torch, "fit", broken_fit(edit))
+    monkeypatch.setattr(train_torch, "fit", variant(loop, (edit,)).fit)
     runs = train(tmp_path, written, *SMALL, *flags, sides=("lightning", "torch"))
-    assert "lightning train/loss" in mismatches(runs, written, tmp_path)
+    assert "lightning: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
 
 
 FABRIC_BREAKAGES = {
     "clip_gradients after the step": (
-        moved("if hp.gradient_clip_val is not None:", "optimizer.step()"),
+        move("if hp.gradient_clip_val is not None:", after="optimizer.step()"),
         VARIATIONS["clipping at 0.05"],
     ),
-    "model.train() left out, with dropout": (moved("model.train()", None), ["--model.net.dropout=0.3"]),
-    "fabric.backward without / N": (replaced("fabric.backward(loss / N)", "fabric.backward(loss)"), ACCUMULATING),
-    "the partial window not stepped": (replaced(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
+    "model.train() left out, with dropout": (leave("model.train()"), [DROPOUT]),
+    "fabric.backward without / N": (change("fabric.backward(loss / N)", "fabric.backward(loss)"), ACCUMULATING),
+    "the partial window not stepped": (change(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
 }
 
 
 @pytest.mark.parametrize("name", FABRIC_BREAKAGES)
 def test_a_single_broken_line_of_the_fabric_loop_is_caught(name, tmp_path, written, monkeypatch):
     edit, flags = FABRIC_BREAKAGES[name]
-    monkeypatch.setattr(train_fabric, "fit", broken_fit(edit, loop_fabric))
+    monkeypatch.setattr(train_fabric, "fit", variant(loop_fabric, (edit,)).fit)
     runs = train(tmp_path, written, *SMALL, *flags, sides=("torch", "fabric"))
-    assert "fabric train/loss" in mismatches(runs, written, tmp_path)
+    assert "fabric: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
+
+
+# Each variation that should change the numbers, and the run it should differ from: SMALL's, or the variation it adds
+# one setting to.
+CHANGES = {
+    "dropout": "base",
+    "no partial last batch": "base",
+    "another seed": "base",
+    "another learning rate": "base",
+    "a CSV file": "base",
+    "a CSV of 5 features": "base",
+    "clipping at 0.05": "base",
+    "bf16-mixed, with dropout": "dropout",  # autocast computes in bfloat16
+}
 
 
 def test_variations_change_the_run(tmp_path, written, csv_files):
     """Each variation that should change the numbers does, so none of them passes by doing nothing."""
     losses = {}
-    names = ["base", "dropout", "no partial last batch", "another seed", "a CSV file", "a CSV of 5 features"]
-    for name in [*names, "clipping at 0.05"]:
+    for name in ["base", *CHANGES]:
         flags = [flag.format(**csv_files) for flag in VARIATIONS.get(name, [])]
         run_dir = tmp_path / name.replace(" ", "_")
         fit("torch", [*QUIET, f"--trainer.logger.init_args.save_dir={run_dir}", *SMALL, *flags])
         losses[name] = [value for _, value in written["torch"].pop("train/loss")]
-    for name, values in losses.items():
-        assert name == "base" or values != losses["base"], name
+    for name, other in CHANGES.items():
+        assert losses[name] != losses[other], name

@@ -22,27 +22,25 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import (
     CPU,
+    DROPOUT,
     ENV,
     FP16,
     LIGHTNING,
+    LONGER,
     QUIET,
     ROOT,
     SCALER,
+    TINY,
     allow_fp16_on_cpu,
     ctrl_c,
-    differences,
     event_scalars,
     fit,
+    mismatches,
     points,
     shut_down_workers,
     write_points,
 )
-from conftest import TINY as TINY_RUN
 
-# conftest's 4-epoch run, with dropout on.
-TINY = [*TINY_RUN, "--model.net.dropout=0.3"]
-# For the kill tests: the default 1800 training points, 29 steps an epoch, 348 in all: seconds to kill in.
-LONGER = [*QUIET, "--trainer.max_epochs=12", "--boundary.every_n_epochs=0", "--model.net.dropout=0.3"]
 WORKERS = ["--data.num_workers=2", "--data.persistent_workers=true"]
 SKIP = {"callbacks", "pytorch-lightning_version"}  # ModelCheckpoint's state holds the run's own paths
 
@@ -58,13 +56,6 @@ def final(cwd: Path, side: str) -> tuple[dict, dict]:
     directory = run_dir(cwd, side)
     name = "last.ckpt" if side == "lightning" else "last.pt"
     return torch.load(directory / "checkpoints" / name, weights_only=True), event_scalars(directory)
-
-
-def mismatches(run: tuple[dict, dict], reference: tuple[dict, dict]) -> list[str]:
-    (checkpoint, scalars), (expected_checkpoint, expected_scalars) = run, reference
-    found = differences(checkpoint, expected_checkpoint, skip=SKIP)
-    found += [f"scalars {tag}" for tag in expected_scalars if scalars.get(tag) != expected_scalars[tag]]
-    return found + [f"scalars {tag} extra" for tag in scalars.keys() - expected_scalars.keys()]
 
 
 _references = {}
@@ -151,9 +142,9 @@ SIDES = tuple(ENTRY)
 def test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical(
     side, signum, step, tmp_path, monkeypatch, capsys, reference
 ):
-    expected = reference(side, TINY)
+    expected = reference(side, [*TINY, DROPOUT])
     monkeypatch.chdir(tmp_path)
-    code, said = interrupted(side, TINY, signum, step, capsys)
+    code, said = interrupted(side, [*TINY, DROPOUT], signum, step, capsys)
     assert code == 128 + signum
     entry, name, step_key = ENTRY[side]
     checkpoint = Path(f"logs/{side}/version_0/checkpoints/{name}")
@@ -161,8 +152,8 @@ def test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical(
     assert said.endswith(f"resume with: {entry} --config {checkpoint.parents[1]}/config.yaml --ckpt_path {checkpoint}")
     saved = torch.load(checkpoint, weights_only=True)
     assert saved[step_key] == step + 1  # the batch the signal arrived in was finished, no further one
-    fit(side, [*TINY, "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, side), expected) == []
+    fit(side, [*TINY, DROPOUT, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, side), expected, SKIP) == []
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -173,14 +164,14 @@ def test_a_signal_within_a_window_stops_at_its_end_and_resuming_is_bit_identical
     epoch's first batch stops after the step of its window, at step 3 (a checkpoint holds no accumulated
     gradients). The resumed run restores the loss scale with the rest."""
     allow_fp16_on_cpu(monkeypatch)
-    args = [*TINY, "--trainer.accumulate_grad_batches=2", *FP16[side]]
+    args = [*TINY, DROPOUT, "--trainer.accumulate_grad_batches=2", *FP16[side]]
     expected = reference(side, args)
     monkeypatch.chdir(tmp_path)
     code, said = interrupted(side, args, signal.SIGTERM, 3, capsys, register_backward_pre_hook)
     assert code == 143
     assert " at step 3 (epoch 1)" in said, said
     fit(side, [*args, "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, side), expected) == []
+    assert mismatches(final(tmp_path, side), expected, SKIP) == []
     scaler = final(tmp_path, side)[0][SCALER[side]]
     assert scaler["_growth_tracker"] == 4 * 2  # the scaler counted all 8 steps, the 3 before the stop too
 
@@ -191,9 +182,9 @@ def test_a_32_bit_run_goes_on_in_16_mixed_with_a_new_grad_scaler(side, tmp_path,
     missing), and so does the plain loop."""
     allow_fp16_on_cpu(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    code, _ = interrupted(side, [*TINY, CPU], signal.SIGTERM, 4, capsys)
+    code, _ = interrupted(side, [*TINY, DROPOUT, CPU], signal.SIGTERM, 4, capsys)
     assert code == 143
-    fit(side, [*TINY, *FP16[side], "--ckpt_path=last"])
+    fit(side, [*TINY, DROPOUT, *FP16[side], "--ckpt_path=last"])
     scaler = final(tmp_path, side)[0][SCALER[side]]
     assert scaler["_growth_tracker"] == 12 - 5  # the steps after the stop
 
@@ -201,19 +192,19 @@ def test_a_32_bit_run_goes_on_in_16_mixed_with_a_new_grad_scaler(side, tmp_path,
 @pytest.mark.parametrize("side", SIDES)
 def test_resuming_mid_epoch_with_persistent_workers(side, tmp_path, monkeypatch, capsys, reference):
     """New worker processes draw a seed the interrupted run's reused ones did not; it must not shift the shuffle."""
-    expected = reference(side, [*TINY, *WORKERS])
+    expected = reference(side, [*TINY, DROPOUT, *WORKERS])
     monkeypatch.chdir(tmp_path)
-    code, _ = interrupted(side, [*TINY, *WORKERS], signal.SIGINT, 4, capsys)
+    code, _ = interrupted(side, [*TINY, DROPOUT, *WORKERS], signal.SIGINT, 4, capsys)
     assert code == 130
-    fit(side, [*TINY, *WORKERS, "--ckpt_path=last"])
+    fit(side, [*TINY, DROPOUT, *WORKERS, "--ckpt_path=last"])
     shut_down_workers()
-    assert mismatches(final(tmp_path, side), expected) == []
+    assert mismatches(final(tmp_path, side), expected, SKIP) == []
 
 
 def test_the_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):
     """Mid-epoch, the training DataLoader's state says how far the epoch got and in which order."""
     monkeypatch.chdir(tmp_path)
-    interrupted("lightning", TINY, signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
+    interrupted("lightning", [*TINY, DROPOUT], signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
     saved = torch.load("logs/lightning/version_0/checkpoints/last.ckpt", weights_only=True)
     [loader] = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader["batches"] == 2 and sorted(loader["order"].tolist()) == list(range(90))
@@ -222,25 +213,25 @@ def test_the_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monke
 
 def test_without_the_random_state_a_resumed_run_with_dropout_differs(tmp_path, monkeypatch, capsys, reference):
     """The negative control: the checkpoint's random state is what makes the run above identical."""
-    expected = reference("lightning", TINY)
+    expected = reference("lightning", [*TINY, DROPOUT])
     monkeypatch.chdir(tmp_path)
-    interrupted("lightning", TINY, signal.SIGINT, 4, capsys)
+    interrupted("lightning", [*TINY, DROPOUT], signal.SIGINT, 4, capsys)
     path = Path("logs/lightning/version_0/checkpoints/last.ckpt")
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["rng"]
     torch.save(checkpoint, path)
-    fit("lightning", [*TINY, "--ckpt_path=last"])
-    assert ".state_dict.net.layers.0.weight" in mismatches(final(tmp_path, "lightning"), expected)
+    fit("lightning", [*TINY, DROPOUT, "--ckpt_path=last"])
+    assert ".state_dict.net.layers.0.weight" in mismatches(final(tmp_path, "lightning"), expected, SKIP)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_ckpt_path_last_alone_goes_on_with_the_runs_own_settings(side, tmp_path, monkeypatch, capsys, reference):
     """The model's and the data's settings and max_epochs come from the checkpoint, not from configs/default.yaml."""
-    expected = reference(side, TINY)
+    expected = reference(side, [*TINY, DROPOUT])
     monkeypatch.chdir(tmp_path)
-    interrupted(side, TINY, signal.SIGINT, 7, capsys)
+    interrupted(side, [*TINY, DROPOUT], signal.SIGINT, 7, capsys)
     fit(side, [*QUIET, "--boundary.every_n_epochs=0", "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, side), expected) == []
+    assert mismatches(final(tmp_path, side), expected, SKIP) == []
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -249,26 +240,26 @@ def test_ckpt_path_last_alone_goes_on_with_the_runs_csv_of_5_features(side, tmp_
     generator = torch.Generator().manual_seed(5)
     X, y = torch.randn(300, 5, generator=generator), torch.arange(300) % 3
     path = write_points(tmp_path / "five.csv", X, y)
-    args = [*TINY, *points(path, features=5)]
+    args = [*TINY, DROPOUT, *points(path, features=5)]
     expected = reference(side, args)
     monkeypatch.chdir(tmp_path)
     interrupted(side, args, signal.SIGINT, 7, capsys)
     fit(side, [*QUIET, "--boundary.every_n_epochs=0", "--ckpt_path=last"])
-    assert mismatches(final(tmp_path, side), expected) == []
+    assert mismatches(final(tmp_path, side), expected, SKIP) == []
 
 
 def test_a_resumed_run_is_shown_with_its_own_version(tmp_path, monkeypatch, capsys):
     """The progress bar's v_num, from the logger's version: the interrupted run's number, not a new one."""
     monkeypatch.chdir(tmp_path)
-    interrupted("lightning", TINY, signal.SIGINT, 4, capsys)
+    interrupted("lightning", [*TINY, DROPOUT], signal.SIGINT, 4, capsys)
     (tmp_path / "logs" / "lightning" / "version_7").mkdir()  # a later run that left no checkpoint
-    cli = fit("lightning", [*TINY, "--ckpt_path=logs/lightning/version_0/checkpoints/last.ckpt"])
+    cli = fit("lightning", [*TINY, DROPOUT, "--ckpt_path=logs/lightning/version_0/checkpoints/last.ckpt"])
     assert get_standard_metrics(cli.trainer)["v_num"] == 0
 
 
 def test_the_plain_loops_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    interrupted("torch", TINY, signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
+    interrupted("torch", [*TINY, DROPOUT], signal.SIGTERM, 4, capsys)  # epoch 1, its second batch
     saved = torch.load("logs/torch/version_0/checkpoints/last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["loader"]["batches"] == 2 and not saved["loader"]["epoch_done"]
     assert sorted(saved["loader"]["order"].tolist()) == list(range(90))
@@ -320,25 +311,25 @@ KILLS = [
 
 @pytest.mark.parametrize("script, side, checkpoint, kills", KILLS, ids=[side for _, side, _, _ in KILLS])
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(script, side, checkpoint, kills, tmp_path, reference):
-    expected = reference(side, LONGER)
-    args = ["fit", *LIGHTNING, *LONGER] if side == "lightning" else LONGER
+    expected = reference(side, [*LONGER, DROPOUT])
+    args = ["fit", *LIGHTNING, *LONGER, DROPOUT] if side == "lightning" else [*LONGER, DROPOUT]
     seed = random.randrange(2**32)
     history = kill_and_resume(script, args, tmp_path, checkpoint, kills=kills, seed=seed)
     assert sum("exit -9" in line for line in history) >= 1, history  # a kill landed
-    assert mismatches(final(tmp_path, side), expected) == [], (seed, history)
+    assert mismatches(final(tmp_path, side), expected, SKIP) == [], (seed, history)
 
 
 def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cleanly(tmp_path, reference):
     """A terminal sends Ctrl-C to its whole process group: the DataLoader's worker processes get it too."""
-    expected = reference("lightning", [*LONGER, *WORKERS])
-    command = [sys.executable, str(ROOT / "train.py"), "fit", *LIGHTNING, *LONGER, *WORKERS]
+    expected = reference("lightning", [*LONGER, DROPOUT, *WORKERS])
+    command = [sys.executable, str(ROOT / "train.py"), "fit", *LIGHTNING, *LONGER, DROPOUT, *WORKERS]
     checkpoint = tmp_path / "logs" / "lightning" / "version_0" / "checkpoints" / "last.ckpt"
     code, stderr = ctrl_c(command, tmp_path, checkpoint)
     assert code == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved logs/lightning/version_0/checkpoints")
     resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=ENV, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
-    assert mismatches(final(tmp_path, "lightning"), expected) == []
+    assert mismatches(final(tmp_path, "lightning"), expected, SKIP) == []
 
 
 @pytest.mark.parametrize(
@@ -348,7 +339,7 @@ def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script,
     """Within milliseconds of the first, the second can land anywhere: in the stop's own checkpoint write, in the
     handling of the first, in Lightning's code. Exit 130 (or death by SIGINT, which a shell reports as 130)."""
     args = ["fit", *LIGHTNING] if side == "lightning" else []
-    command = [sys.executable, str(ROOT / script), *args, *LONGER]
+    command = [sys.executable, str(ROOT / script), *args, *LONGER, DROPOUT]
     process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = tmp_path / "logs" / side / "version_0" / "checkpoints" / ENTRY[side][1]
     deadline = time.monotonic() + 120

@@ -181,10 +181,9 @@ class CLI(LightningCLI):
             LearningRateMonitor: not trainer.logger,
             ModelCheckpoint: trainer.enable_checkpointing is False,
         }
-        callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
-        if any(idle.values()):
-            kept = [c for c in callbacks if c and not any(isinstance(c, kind) and off for kind, off in idle.items())]
-            kwargs.setdefault("callbacks", kept)
+        off = tuple(kind for kind, is_idle in idle.items() if is_idle)
+        if off:
+            kwargs.setdefault("callbacks", [c for c in listed(trainer.callbacks) if not isinstance(c, off)])
         try:
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as error:
@@ -240,10 +239,14 @@ def refused_trainer_setting(trainer: Namespace, default: Namespace, kept: dict) 
     return None
 
 
+def listed(entry) -> list:
+    """A config entry that takes one item, a list or None (trainer.callbacks, trainer.plugins), as a list."""
+    return [item for item in (entry if isinstance(entry, list) else [entry]) if item is not None]
+
+
 def classes(callbacks) -> list[str]:
     """The class paths of a config's trainer.callbacks."""
-    listed = callbacks if isinstance(callbacks, list) else [callbacks]
-    return [getattr(callback, "class_path", callback) for callback in listed if callback is not None]
+    return [getattr(callback, "class_path", callback) for callback in listed(callbacks)]
 
 
 def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namespace]:
@@ -277,7 +280,8 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
 
 def prepare(parser: Parser, config: Namespace, root: Path) -> tuple[dict | None, Path, SpiralDataModule]:
     """The checkpoint to go on from (or None), the run directory and the data, set up; a bad checkpoint, data file
-    or network is one line, before anything is written. config takes a resumed run's settings."""
+    or network is one line, before anything is written. config takes a resumed run's settings. Then torch's global
+    flags, as the Trainer sets them."""
     try:
         resume, log_dir = None, next_version(root)
         if config.ckpt_path:
@@ -297,6 +301,7 @@ def prepare(parser: Parser, config: Namespace, root: Path) -> tuple[dict | None,
     except (DataError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     refuse(net_problem(net, data.dataset, config.model.classes))
+    set_torch_flags(config.trainer.deterministic, config.trainer.benchmark)
     return resume, log_dir or next_version(root), data
 
 
@@ -325,7 +330,6 @@ def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None,
     alone draws the animation."""
     boundary = BoundaryAnimation(**config.boundary)
     boundary.switch_off_if_undrawable(data.val_set, say=lead)
-    set_torch_flags(config.trainer.deterministic, config.trainer.benchmark)
     return dict(
         hparams={"model": config.model.as_dict(), "data": config.data.as_dict()},
         log_every_n_steps=config.trainer.log_every_n_steps,
@@ -427,7 +431,6 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
     resume, log_dir, data = prepare(parser, config, root)
     # purge_step: as plain_run's.
     logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=resume and resume["step"])
-    plugins = trainer.plugins if isinstance(trainer.plugins, list) else [trainer.plugins]
     strategy, devices, num_nodes = trainer.strategy, trainer.devices, trainer.num_nodes
     if launched_by_torchrun() and strategy == "auto":  # the processes torchrun started
         strategy, devices = "ddp", int(os.environ["LOCAL_WORLD_SIZE"])
@@ -438,7 +441,7 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
         devices=devices,
         num_nodes=num_nodes,
         precision=trainer.precision,
-        plugins=[plugin(spec) for spec in plugins if spec is not None],
+        plugins=[plugin(spec) for spec in listed(trainer.plugins)],
         loggers=logger,
     )
     fabric.launch()  # DDP: starts the other processes, each running train_fabric.py up to here
