@@ -10,7 +10,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,18 +81,36 @@ def python_interpreter(version: str) -> str:
     pytest.skip(message)
 
 
-def run_project_tests(python: str, project: Path, *paths: str) -> None:
-    """The baked project's own pytest (all of it, or `paths`) with `python`; it fails on a failing or absent test
-    (pytest exits 5 when it collects none)."""
-    tests = subprocess.run(
-        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *paths],
-        cwd=project,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]
+@pytest.fixture
+def say(pytestconfig) -> Callable[[str], None]:
+    """A line on the terminal at once, for a test that takes minutes: pytest shows a test's output only at its end."""
+    plugins = pytestconfig.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")  # None in a pytest-xdist worker
+
+    def line(text: str) -> None:
+        if reporter is not None:
+            with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+                reporter.write_line(f"  {text}")
+                reporter.flush()
+
+    return line
+
+
+def run_project_tests(say: Callable[[str], None], python: str, project: Path, *paths: str) -> None:
+    """The baked project's own pytest (all of it, or `paths`) with `python`, its progress said as it goes; it fails
+    on a failing or absent test (pytest exits 5 when it collects none), or after 30 minutes."""
+    command = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *paths]
+    say(f"{project.name}: pytest {' '.join(paths) or '(every test)'}")
+    tests = subprocess.Popen(command, cwd=project, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = threading.Timer(1800, tests.kill)
+    deadline.start()
+    output = []
+    for line in tests.stdout:
+        output.append(line)
+        if re.search(r"\[\s*\d+%\]$", line.rstrip()):  # a line of dots, and how far it has come
+            say(line.rstrip())
+    deadline.cancel()
+    assert tests.wait() == 0, "".join(output)[-9000:]
 
 
 @pytest.fixture(scope="session")

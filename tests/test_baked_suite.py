@@ -15,8 +15,9 @@ from conftest import ENV, NEWEST_PYTHON, ROOT, python_interpreter, run_project_t
 
 
 @pytest.mark.slow
-def test_baked_project_passes_its_own_test_suite_on_the_newest_python(bake, tmp_path):
+def test_baked_project_passes_its_own_test_suite_on_the_newest_python(bake, tmp_path, say):
     project = bake().project()
+    say(f"installing the project on Python {NEWEST_PYTHON}, torch first (PyPI's build: about 3 GB)")
     venv = tmp_path / "venv"
     subprocess.run([python_interpreter(NEWEST_PYTHON), "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -30,4 +31,4 @@ def test_baked_project_passes_its_own_test_suite_on_the_newest_python(bake, tmp_
     names = {item.rsplit("-", 1)[0] for item in installed.split()[2:]}  # "pytorch-lightning-2.6.6": its name
     assert "spiral-classifier" in names and "torch" not in names, installed  # the torch installed first is kept
 
-    run_project_tests(python, project)
+    run_project_tests(say, python, project)

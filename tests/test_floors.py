@@ -23,10 +23,12 @@ TORCH = next(line for line in (ROOT / "constraints.txt").read_text().splitlines(
 
 
 @pytest.mark.slow
-def test_the_baked_project_passes_at_its_declared_floors_on_its_oldest_python(bake, tmp_path):
+def test_the_baked_project_passes_at_its_declared_floors_on_its_oldest_python(bake, tmp_path, say):
     project = bake().project()
     venv = tmp_path / "lowest"
-    subprocess.run([python_interpreter(oldest_python(project)), "-m", "venv", str(venv)], check=True)
+    oldest = oldest_python(project)
+    say(f"installing the project at its floors on Python {oldest}, {TORCH} first (PyPI's build: about 3 GB)")
+    subprocess.run([python_interpreter(oldest), "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     # torch alone, from pip (which looks on this disk); uv then resolves the rest, torch's own requirements too,
     # the direct ones at their floors: a dependency installed with torch would be kept at its newest.
@@ -54,4 +56,4 @@ def test_the_baked_project_passes_at_its_declared_floors_on_its_oldest_python(ba
     assert {name: pair for name, pair in pairs.items() if Version(pair[0]) != Version(pair[1])} == {}
     # test_lightning_internals: the private Lightning names the machinery uses are there at the floor release too.
     tests = ["test_equivalence.py", "test_resume.py", "test_cli.py", "test_lightning_internals.py"]
-    run_project_tests(python, project, *(f"tests/{name}" for name in tests))
+    run_project_tests(say, python, project, *(f"tests/{name}" for name in tests))
