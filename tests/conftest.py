@@ -101,16 +101,17 @@ def run_project_tests(say: Callable[[str], None], python: str, project: Path, *p
     on a failing or absent test (pytest exits 5 when it collects none), or after 30 minutes."""
     command = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *paths]
     say(f"{project.name}: pytest {' '.join(paths) or '(every test)'}")
-    tests = subprocess.Popen(command, cwd=project, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = threading.Timer(1800, tests.kill)
-    deadline.start()
     output = []
-    for line in tests.stdout:
-        output.append(line)
-        if re.search(r"\[\s*\d+%\]$", line.rstrip()):  # a line of dots, and how far it has come
-            say(line.rstrip())
-    deadline.cancel()
-    assert tests.wait() == 0, "".join(output)[-9000:]
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with subprocess.Popen(command, cwd=project, env=ENV, **streams) as tests:  # its pipe closed with it
+        deadline = threading.Timer(1800, tests.kill)
+        deadline.start()
+        for line in tests.stdout:
+            output.append(line)
+            if re.search(r"\[\s*\d+%\]$", line.rstrip()):  # a line of dots, and how far it has come
+                say(line.rstrip())
+        deadline.cancel()
+    assert tests.returncode == 0, "".join(output)[-9000:]
 
 
 @pytest.fixture(scope="session")

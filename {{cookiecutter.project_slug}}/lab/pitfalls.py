@@ -25,9 +25,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from {{ cookiecutter.package_name }}.machinery.loaders import EpochShuffle
+
 from lab.edits import Edit, add, change, leave, move
 from lab.runs import FULL, QUICK, Lab, N, Run, Settings, equal_steps, identical
-from {{ cookiecutter.package_name }}.machinery.loaders import EpochShuffle
 
 
 class Measured(NamedTuple):

@@ -9,6 +9,7 @@ pre-hook, the training forward and its logits' gradient, clip_grad_norm_'s retur
 import contextlib
 import functools
 import tempfile
+import time
 import types
 import weakref
 from collections import defaultdict
@@ -23,11 +24,12 @@ from torch import Tensor
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import TensorDataset
 
-from lab.edits import Edit, variant
 from {{ cookiecutter.package_name }} import loop
 from {{ cookiecutter.package_name }}.data import Spiral, SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.plain_run import NoWriter, PlainRun
 from {{ cookiecutter.package_name }}.model import MLP
+
+from lab.edits import Edit, variant
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Settings:
 FULL = Settings(points_per_class=1000, epochs=100, clip=1.0, val_batch_size=100)
 # For the tests: clipping at 0.05 bites in 4 epochs, where 1.0 would not.
 QUICK = Settings(points_per_class=200, epochs=4, clip=0.05, val_batch_size=40)
+
+# Seconds a DDP run of the lab may take: past them it hangs, and its processes are killed.
+HANG = 300
 
 # Accumulating, the rows take windows of 4 batches: QUICK's 6 batches an epoch make a window of 4 and one of 2.
 N = 4
@@ -311,7 +316,13 @@ class Lab:
         its half of the points): how many gradient all-reduces one process made, and the final weights."""
         if variants not in self.runs:
             with tempfile.TemporaryDirectory() as directory:
-                torch.multiprocessing.spawn(ddp_process, (self.s, variants, directory), nprocs=2)
+                processes = torch.multiprocessing.spawn(ddp_process, (self.s, variants, directory), 2, join=False)
+                deadline = time.monotonic() + HANG
+                while not processes.join(timeout=1):  # raises where a process failed
+                    if time.monotonic() > deadline:  # a hang is a defect: end both, by their ids
+                        for process in processes.processes:
+                            process.kill()
+                        raise TimeoutError(f"the DDP run of {variants} hung: its processes killed after {HANG} s")
                 self.runs[variants] = torch.load(Path(directory) / "rank0.pt", weights_only=True)
         return self.runs[variants]
 

@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -95,21 +96,48 @@ def fit(side: str, args: list[str]):
     return (train_torch if side == "torch" else train_fabric).main(args)
 
 
+# A run of the tests' small settings that takes longer than this hangs: a defect to find, not a flake to retry.
+HANG = 300
+
+
+def started(command: list[str], cwd: Path, **options) -> subprocess.Popen:
+    """`command` started in a session of its own, so that `ended` can end every process it starts."""
+    return subprocess.Popen(command, cwd=cwd, env=ENV, start_new_session=True, **options)
+
+
+def ended(process: subprocess.Popen, timeout: float = HANG) -> tuple:
+    """What `process` wrote (stdout, stderr), once it ended. Past `timeout` seconds every process of its session,
+    a launcher's workers too, is killed by the session's id and the test fails."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"{shlex.join(map(str, process.args))}: hung, killed after {timeout} s\n{stderr!s:.3000}")
+
+
+def finished(command: list[str], cwd: Path, timeout: float = HANG) -> subprocess.CompletedProcess:
+    """`command` run to its end (see `ended`), what it wrote captured as text."""
+    process = started(command, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = ended(process, timeout)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a project script as a user would, in `cwd`."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+    return finished([sys.executable, str(ROOT / script), *args], cwd)
 
 
 def ctrl_c(command: list[str], cwd: Path, checkpoint: Path) -> tuple[int, str]:
     """Start `command` as a terminal would and press Ctrl-C at a random moment after `checkpoint` first appears: a
     terminal sends SIGINT to every process of the job. The exit code and what it wrote to stderr."""
-    process = subprocess.Popen(command, cwd=cwd, env=ENV, stderr=subprocess.PIPE, start_new_session=True)
+    process = started(command, cwd, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(random.uniform(0, 0.5))
     os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = ended(process, 120)
     return process.returncode, stderr.decode()
 
 

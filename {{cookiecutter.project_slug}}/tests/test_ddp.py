@@ -7,6 +7,7 @@ checkpoints hold torch.equal weights, optimizer and scheduler state. Dropout is 
 numbers must line up too.
 """
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,18 @@ from PIL import Image
 from conftest import (
     CHECKPOINT,
     DROPOUT,
-    ENV,
     LIGHTNING,
     LONGER,
     QUIET,
     ROOT,
     ctrl_c,
     differences,
+    ended,
     event_scalars,
     final_state,
+    finished,
     mismatches,
+    started,
 )
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
@@ -55,7 +58,7 @@ TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}  # what the essay's exp
 def launch(side: str, args: list[str], cwd: Path) -> Path:
     """Run one side to the end in `cwd`; its run directory."""
     cwd.mkdir(exist_ok=True)
-    done = subprocess.run([*COMMANDS[side], *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+    done = finished([*COMMANDS[side], *args], cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     [directory] = (cwd / "logs" / side).iterdir()  # rank 0 alone made one
     return directory
@@ -77,7 +80,7 @@ def test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identica
         assert mismatches((final_state(side, runs[side]), scalars[side]), plain) == [], side
 
     # The control: one process on all the data is another run, so the equality above is DDP's.
-    single = subprocess.run([sys.executable, str(ROOT / "train_torch.py"), *ARGS], cwd=tmp_path, env=ENV)
+    single = finished([sys.executable, str(ROOT / "train_torch.py"), *ARGS], tmp_path)
     assert single.returncode == 0
     single_scalars = event_scalars(tmp_path / "logs" / "torch" / "version_1")
     assert single_scalars["train/loss"][:3] != plain_scalars["train/loss"][:3]
@@ -121,7 +124,7 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
         script = cwd / "without_no_sync.py"
         entry = repr(str(ROOT / f"train_{side}.py"))
         script.write_text(WITHOUT_NO_SYNC.replace("ROOT", repr(str(ROOT))).replace("SCRIPT", entry))
-        done = subprocess.run([*TORCHRUN, str(script), *ARGS, *ACCUMULATING], cwd=cwd, env=ENV, capture_output=True)
+        done = finished([*TORCHRUN, str(script), *ARGS, *ACCUMULATING], cwd)
         assert done.returncode == 0, done.stderr[-3000:]
         changed = differences(final_state(side, cwd / "logs" / side / "version_0"), final_state("torch", plain))
         assert ".model.layers.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
@@ -156,12 +159,74 @@ def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_li
     saved = torch.load(checkpoint, weights_only=True)
     saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it
     torch.save(saved, checkpoint)
-    done = subprocess.run(
-        [*COMMANDS["torch"], *args, f"--ckpt_path={checkpoint}"], cwd=tmp_path, env=ENV, capture_output=True, text=True
-    )
+    done = finished([*COMMANDS["torch"], *args, f"--ckpt_path={checkpoint}"], tmp_path)
     assert done.returncode != 0
     said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert said and said[0].startswith(
         "error: the checkpoint stopped 1 batches into an epoch; only a run in one process"
     )
     assert f'File "{ROOT}' not in done.stderr  # no traceback through the project's code (torchrun adds its own)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# Two nodes of one process each, on this machine: two torchrun agents that meet at a c10d rendezvous (on a cluster,
+# at the first node's address), and the entry point on each. Lightning is told the nodes and the processes a node.
+NODE = {
+    "lightning": [str(ROOT / "train.py"), "fit", *LIGHTNING, "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
+    + ["--trainer.num_nodes=2", "--trainer.devices=1"],
+    "torch": [str(ROOT / "train_torch.py")],
+    "fabric": [str(ROOT / "train_fabric.py")],  # under torchrun it takes the nodes and processes torchrun gives it
+}
+
+
+def test_two_nodes_of_one_process_compute_what_one_node_of_two_computes(tmp_path):
+    """The ranks are what DDP's numbers depend on, not the nodes they run on: each loop on two simulated nodes ends
+    with the weights, optimizer state and series of the plain loop on one node of two processes."""
+    one_node = launch("torch", ARGS, tmp_path / "one_node")
+    expected = (final_state("torch", one_node), event_scalars(one_node))
+    for side in SIDES:
+        cwd, port = tmp_path / side, free_port()
+        cwd.mkdir()
+        agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+        agent += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={side}"]
+        nodes = [started([*agent, *NODE[side], *ARGS], cwd, stderr=subprocess.PIPE) for _ in range(2)]
+        for node in nodes:
+            _, stderr = ended(node)
+            assert node.returncode == 0, (side, stderr.decode()[-3000:])
+        [directory] = (cwd / "logs" / side).iterdir()
+        assert mismatches((final_state(side, directory), event_scalars(directory)), expected) == [], side
+
+
+# An error in one process's loop: a bug, not a bad setting (those are one line, before anything runs).
+FAILING = """
+import os
+import runpy
+import sys
+
+from {{ cookiecutter.package_name }} import loop
+
+
+def fit(*args):
+    raise RuntimeError(f"a bug in rank {os.environ['RANK']}'s loop")
+
+
+loop.fit = fit
+sys.argv[0] = SCRIPT
+runpy.run_path(SCRIPT, run_name="__main__")
+"""
+
+
+def test_under_torchrun_a_failed_process_says_why_in_torchruns_report(tmp_path):
+    """torchrun ends with a report of the processes that failed, their error read from the file that torch's
+    @record writes (without it, the report's traceback is a link to the docs)."""
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING.replace("SCRIPT", repr(str(ROOT / "train_torch.py"))))
+    done = finished([*TORCHRUN, str(script), *ARGS], tmp_path)
+    assert done.returncode != 0
+    report = done.stderr[done.stderr.index("Root Cause") :]
+    assert "error_file: <N/A>" not in report and "RuntimeError: a bug in rank " in report, report

@@ -21,7 +21,6 @@ from torch.nn.modules.module import register_module_forward_hook
 
 import train_fabric
 import train_torch
-from lab.edits import change, leave, move, variant
 from {{ cookiecutter.package_name }} import loop, loop_fabric
 from {{ cookiecutter.package_name }}.data import SpiralDataModule, make_spiral
 
@@ -42,6 +41,7 @@ from conftest import (
     shut_down_workers,
     write_points,
 )
+from lab.edits import change, leave, move, variant
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")  # what the essay's experiment logs, at least
 DEFAULT = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())

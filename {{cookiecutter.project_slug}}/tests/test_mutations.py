@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.mutations import MUTATIONS, PACKAGE, check, copy_project, uncovered
-
 from conftest import ROOT
+from lab.mutations import MUTATIONS, PACKAGE, check, copy_project, uncovered
 
 VARIATION = "tests/test_equivalence.py::test_variations_stay_identical[{}]"
 # A mutation, the test that runs against it, whether that test must catch it.

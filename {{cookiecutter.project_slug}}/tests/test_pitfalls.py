@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from {{ cookiecutter.package_name }}.data import Spiral, SpiralDataModule
+from {{ cookiecutter.package_name }}.model import MLP
+
 from lab import pitfalls
 from lab.edits import leave, move
 from lab.pitfalls import INTRO, OUTRO, ROWS, cells
 from lab.runs import FULL, QUICK, Lab, N, Run, Setup, equal_steps, graph_nodes, identical, train
-from {{ cookiecutter.package_name }}.data import Spiral, SpiralDataModule
-from {{ cookiecutter.package_name }}.model import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
 S = QUICK

@@ -23,7 +23,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from conftest import (
     CPU,
     DROPOUT,
-    ENV,
     FP16,
     LIGHTNING,
     LONGER,
@@ -33,11 +32,14 @@ from conftest import (
     TINY,
     allow_fp16_on_cpu,
     ctrl_c,
+    ended,
     event_scalars,
+    finished,
     fit,
     mismatches,
     points,
     shut_down_workers,
+    started,
     write_points,
 )
 
@@ -281,7 +283,7 @@ def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, ki
         written = newest_write(path) if path else 0
         resume = ["--ckpt_path=last"] if path else []
         command = [sys.executable, str(ROOT / script), *args, *resume]
-        process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = started(command, cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if attempt < kills:
             deadline = time.monotonic() + 120
             while process.poll() is None and time.monotonic() < deadline:  # until it writes a checkpoint
@@ -292,7 +294,7 @@ def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, ki
             delay = rng.uniform(0, 0.5)
             time.sleep(delay)
             process.kill()
-        _, stderr = process.communicate(timeout=300)
+        _, stderr = ended(process)
         how = f"killed {delay:.2f}s after a checkpoint" if attempt < kills else "to the end"
         history.append(f"run {attempt}: exit {process.returncode}, {how}")
         if attempt < kills and process.returncode != -signal.SIGKILL:
@@ -327,8 +329,8 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cl
     code, stderr = ctrl_c(command, tmp_path, checkpoint)
     assert code == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved logs/lightning/version_0/checkpoints")
-    resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=ENV, capture_output=True)
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    resumed = finished([*command, "--ckpt_path=last"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert mismatches(final(tmp_path, "lightning"), expected, SKIP) == []
 
 
@@ -340,7 +342,7 @@ def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script,
     handling of the first, in Lightning's code. Exit 130 (or death by SIGINT, which a shell reports as 130)."""
     args = ["fit", *LIGHTNING] if side == "lightning" else []
     command = [sys.executable, str(ROOT / script), *args, *LONGER, DROPOUT]
-    process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = started(command, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = tmp_path / "logs" / side / "version_0" / "checkpoints" / ENTRY[side][1]
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -348,7 +350,7 @@ def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script,
     for _ in range(2):
         process.send_signal(signal.SIGINT)
         time.sleep(0.005)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = ended(process, 120)
     said = stderr.decode()
     assert process.returncode in (130, -signal.SIGINT), said[-3000:]
     assert "Traceback" not in said and said.strip().splitlines()[-1].startswith("SIGINT: "), said[-3000:]
@@ -359,9 +361,9 @@ def test_a_second_ctrl_c_right_after_the_first_stops_at_once_in_one_line(script,
 def test_ctrl_c_while_the_libraries_load_is_one_line_and_130(script, tmp_path):
     """0.3 s in, the script is still importing torch and Lightning; nothing has been written."""
     command = [sys.executable, str(ROOT / script), *(["fit"] if script == "train.py" else [])]
-    process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = started(command, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = ended(process, 60)
     assert process.returncode == 130 and stderr.decode().split() == ["SIGINT:", "stopped", "at", "once"], stderr
     assert not any(tmp_path.iterdir())

@@ -48,13 +48,15 @@ def one_line_errors() -> Iterator[None]:
 
 
 def run(main) -> None:
-    """main() on one thread (unless OMP_NUM_THREADS says), what escapes it said in one line."""
+    """main() on one thread (unless OMP_NUM_THREADS says), what escapes it said in one line. Under torchrun, an
+    error's traceback is also recorded for torchrun's report of the failed process (torch's @record)."""
     import torch
+    from torch.distributed.elastic.multiprocessing.errors import record
 
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # these small models train fastest on one thread: docs/performance.md
     with one_line_errors():
-        main()
+        record(main)()
         # Under DDP: the process group before the exit, main()'s DDP wrapper gone with main(); a group left to the
         # exit may abort the process from its threads.
         if torch.distributed.is_initialized():
