@@ -5,6 +5,7 @@ a model this small trains several times faster on one thread than on many on a s
 The equivalence tests run the three loops under the same setting.
 """
 
+import contextlib
 import gc
 import json
 import os
@@ -106,14 +107,31 @@ def started(command: list[str], cwd: Path, **options) -> subprocess.Popen:
 
 
 def ended(process: subprocess.Popen, timeout: float = HANG) -> tuple:
-    """What `process` wrote (stdout, stderr), once it ended. Past `timeout` seconds every process of its session,
-    a launcher's workers too, is killed by the session's id and the test fails."""
+    """What `process` wrote (stdout, stderr), once it ended. Past `timeout` seconds it and every process it started,
+    however deep, are killed by their ids and the test fails: a launcher's workers too, which torchrun starts in
+    sessions of their own, and which would otherwise live on, holding the output pipes open."""
     try:
         return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        for pid in [*descendants(process.pid), process.pid]:  # found first: once their parent dies, they move
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _, stderr = process.communicate()
         pytest.fail(f"{shlex.join(map(str, process.args))}: hung, killed after {timeout} s\n{stderr!s:.3000}")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes that `pid` started, and those they started, to any depth."""
+    children = defaultdict(list)
+    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+        child, parent = map(int, line.split())
+        children[parent].append(child)
+    found, parents = [], [pid]
+    while parents:
+        started_by = children[parents.pop()]
+        found += started_by
+        parents += started_by
+    return found
 
 
 def finished(command: list[str], cwd: Path, timeout: float = HANG) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -230,3 +231,17 @@ def test_under_torchrun_a_failed_process_says_why_in_torchruns_report(tmp_path):
     assert done.returncode != 0
     report = done.stderr[done.stderr.index("Root Cause") :]
     assert "error_file: <N/A>" not in report and "RuntimeError: a bug in rank " in report, report
+
+
+def test_a_hung_run_under_torchrun_is_ended_with_its_workers(tmp_path):
+    """The tests' guard against a hang: past its timeout, torchrun and the workers it started in sessions of their
+    own are killed by their ids, and the test fails at once instead of waiting on the workers' open pipes."""
+    script = tmp_path / "hangs.py"
+    script.write_text("import os, pathlib, time\npathlib.Path(f'{os.getpid()}.pid').touch()\ntime.sleep(600)\n")
+    process = started([*TORCHRUN, str(script)], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with pytest.raises(pytest.fail.Exception, match="hung, killed after 10 s"):
+        ended(process, timeout=10)
+    workers = [int(path.stem) for path in tmp_path.glob("*.pid")]
+    assert len(workers) == 2
+    for pid in workers:  # gone, or dead and not yet reaped by the process that adopted it
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", pid
