@@ -41,7 +41,8 @@ from conftest import (
     shut_down_workers,
     write_points,
 )
-from lab.edits import change, leave, move, variant
+from lab.edits import variant
+from lab.mutations import MUTATIONS
 
 TAGS = ("train/loss", "train/lr", "val/loss", "val/acc")  # what the essay's experiment logs, at least
 DEFAULT = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
@@ -291,7 +292,7 @@ def test_a_model_with_batchnorm_stays_identical_buffers_included(name, tmp_path,
 def test_with_batchnorm_the_train_and_eval_modes_decide_the_numbers(tmp_path, written, monkeypatch):
     """No dropout: left out, `model.train()` leaves BatchNorm in eval mode after the first validation, normalising
     with its running statistics and updating them no more, as the hook map's row says."""
-    monkeypatch.setattr(train_torch, "fit", variant(loop, (leave("model.train()"),)).fit)
+    monkeypatch.setattr(train_torch, "fit", variant(loop, (MUTATIONS["model.train() left out"].edit,)).fit)
     runs = train(tmp_path, written, *SMALL, BATCHNORM, sides=("lightning", "torch"))
     assert "lightning: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
     assert trained_states("torch", runs["torch"])[0]["net.1.num_batches_tracked"] == 6  # the first epoch's alone
@@ -349,49 +350,37 @@ def test_the_small_runs_end_on_a_partial_batch(tmp_path, monkeypatch):
 
 
 ACCUMULATING = ["--trainer.accumulate_grad_batches=4"]
+# Negative controls: mutations of lab/mutations.py, each on settings where it changes the numbers. A plain loop's is
+# compared with Lightning's run, a Fabric loop's with the plain loop's.
 BREAKAGES = {
-    "scheduler.step() inside the batch loop": (move("scheduler.step()", after="scaler.step(optimizer)"), []),
+    "scheduler.step() inside the batch loop": [],
     # At max_norm 1.0 clipping bites on 17 of the default run's 2900 steps and on none of these small runs.
-    "clip_grad_norm_ after step": (
-        move("if hp.gradient_clip_val is not None:", after="scaler.step(optimizer)"),
-        VARIATIONS["clipping at 0.05"],
-    ),
-    "zero_grad between backward and step": (move("if batch_idx % N == 0:", after="scaler.scale(loss / N)"), []),
-    "model.train() left out, with dropout": (leave("model.train()"), [DROPOUT]),
+    "clip_grad_norm_ after the step": VARIATIONS["clipping at 0.05"],
+    "zero_grad between backward and step": [],
+    "model.train() left out": [DROPOUT],
     # Adam divides by the gradient's own scale: N times the gradient changes its steps only through eps.
-    "the loss not divided by N": (change("scaler.scale(loss / N)", "scaler.scale(loss)"), ACCUMULATING),
-    "a step at every batch": (change("if steps:", "if True:"), ACCUMULATING),
-    "zero_grad at every batch": (change("if batch_idx % N == 0:", "if True:"), ACCUMULATING),
-    "the partial window not stepped": (change(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
-    "autocast left out": (change("enabled=dtype is not None", "enabled=False"), ["--trainer.precision=bf16-mixed"]),
+    "the loss not divided by N": ACCUMULATING,
+    "a step at every batch": ACCUMULATING,
+    "zero_grad at every batch": ACCUMULATING,
+    "the partial window not stepped": ACCUMULATING,
+    "autocast off": ["--trainer.precision=bf16-mixed"],
+    "fabric: clip_gradients after the step": VARIATIONS["clipping at 0.05"],
+    "fabric: model.train() left out": [DROPOUT],
+    "fabric: the loss not divided by N": ACCUMULATING,
+    "fabric: the partial window not stepped": ACCUMULATING,
 }
 
 
 @pytest.mark.parametrize("name", BREAKAGES)
 def test_a_single_broken_line_is_caught(name, tmp_path, written, monkeypatch):
-    edit, flags = BREAKAGES[name]
-    monkeypatch.setattr(train_torch, "fit", variant(loop, (edit,)).fit)
-    runs = train(tmp_path, written, *SMALL, *flags, sides=("lightning", "torch"))
-    assert "lightning: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
-
-
-FABRIC_BREAKAGES = {
-    "clip_gradients after the step": (
-        move("if hp.gradient_clip_val is not None:", after="optimizer.step()"),
-        VARIATIONS["clipping at 0.05"],
-    ),
-    "model.train() left out, with dropout": (leave("model.train()"), [DROPOUT]),
-    "fabric.backward without / N": (change("fabric.backward(loss / N)", "fabric.backward(loss)"), ACCUMULATING),
-    "the partial window not stepped": (change(" or batch_idx + 1 == len(loader)", ""), ACCUMULATING),
-}
-
-
-@pytest.mark.parametrize("name", FABRIC_BREAKAGES)
-def test_a_single_broken_line_of_the_fabric_loop_is_caught(name, tmp_path, written, monkeypatch):
-    edit, flags = FABRIC_BREAKAGES[name]
-    monkeypatch.setattr(train_fabric, "fit", variant(loop_fabric, (edit,)).fit)
-    runs = train(tmp_path, written, *SMALL, *flags, sides=("torch", "fabric"))
-    assert "fabric: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
+    mutation = MUTATIONS[name]
+    if mutation.file == "loop.py":
+        entry, original, other = train_torch, loop, "lightning"
+    else:
+        entry, original, other = train_fabric, loop_fabric, "fabric"
+    monkeypatch.setattr(entry, "fit", variant(original, (mutation.edit,)).fit)
+    runs = train(tmp_path, written, *SMALL, *BREAKAGES[name], sides=(other, "torch"))
+    assert f"{other}: scalars train/loss" in differing_from_plain(runs, written, tmp_path)
 
 
 # Each variation that should change the numbers, and the run it should differ from: SMALL's, or the variation it adds
