@@ -45,6 +45,8 @@ DDP = (
     "tests/test_ddp.py::test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identical",
     "tests/test_ddp.py::test_accumulating_under_ddp_is_identical_and_needs_no_sync",
 )
+# Lines that only FSDP2 depends on: the three loops, each in two processes, with clipping that tells it from DDP.
+FSDP2 = ("tests/test_fsdp2.py::test_the_three_loops_under_fsdp2_are_identical",)
 # What a resumed run computes: a line that only a resumed run depends on is compared with the uninterrupted run.
 RESUMING = (
     "tests/test_resume.py::test_a_signal_stops_after_the_batch_and_resuming_is_bit_identical",
@@ -111,6 +113,10 @@ MUTATIONS = {
         L, change("val_loader = data.val_dataloader()", "val_loader = data.test_dataloader()")
     ),
     "the model not moved to the device": Mutation(L, leave("model.to(device)"), ON_THE_CPU),
+    "the model not sharded under fsdp2": Mutation(L, leave("shard(model, run.mesh())"), tests=FSDP2),
+    "the model sharded after the optimizer is built": Mutation(
+        L, move('if hp.strategy == "fsdp2":', after="optimizer = torch.optim.Adam("), tests=FSDP2
+    ),
     "label smoothing": Mutation(L, change("nn.CrossEntropyLoss()", "nn.CrossEntropyLoss(label_smoothing=0.1)")),
     "val_loss dropping the batch weights": Mutation(
         L, change('MeanMetric(nan_strategy=float("nan"))', 'MeanMetric(nan_strategy="disable")')
@@ -245,10 +251,9 @@ MUTATIONS = {
     ),
     "fabric: N = 1": Mutation(F, change("N = hp.accumulate_grad_batches", "N = 1")),
     "fabric: the model on the CPU": Mutation(
-        F,
-        change("fabric.setup(model, optimizer)", "fabric.setup(model, optimizer, move_to_device=False)"),
-        ON_THE_CPU,
+        F, change("fabric.setup_module(model)", "fabric.setup_module(model, move_to_device=False)"), ON_THE_CPU
     ),
+    "fabric: the optimizer not set up": Mutation(F, leave("optimizer = fabric.setup_optimizers(optimizer)")),
     "fabric: no distributed samplers": Mutation(
         F,
         change(

@@ -275,6 +275,7 @@ def train(s: Settings, edits: tuple[Edit, ...] = (), setup: Setup = Setup()) -> 
         classes=3,
         lr=s.lr,
         max_epochs=s.epochs,
+        strategy="auto",
         gradient_clip_val=s.clip,
         precision="16-mixed" if setup.fp16 else "32-true",
         accumulate_grad_batches=setup.accumulate,

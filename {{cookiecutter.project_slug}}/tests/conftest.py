@@ -54,6 +54,35 @@ LONGER = [*QUIET, "--trainer.max_epochs=14", "--boundary.every_n_epochs=0"]
 # Random draws in training: a resumed or distributed run that drew other numbers than the reference would show.
 DROPOUT = "--model.net.dropout=0.3"
 
+# Two CPU processes (gloo), launched as a user launches them: Lightning and Fabric each start their second process
+# themselves, the plain loop runs under `torchrun` (torch.distributed.run's console script; the module runs where the
+# script is not installed).
+TWO_PROCESSES = ["--trainer.devices=2", "--trainer.accelerator=cpu"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+# Their run: 180 training points, 90 a process, batches of 32, 32, 26; 60 validation points, 30 a process, batches
+# 25, 5, whose metrics torchmetrics reduces over both processes.
+HALVES = [
+    *QUIET,
+    "--trainer.max_epochs=4",
+    "--data.dataset.points_per_class=100",
+    "--data.batch_size=32",
+    "--data.val_batch_size=25",
+    DROPOUT,
+    "--boundary.every_n_epochs=2",
+]
+# Windows of 2 of each process's 3 batches an epoch: a full one, then a partial one; clipping that bites.
+ACCUMULATING = ["--trainer.accumulate_grad_batches=2", "--trainer.gradient_clip_val=0.05"]
+
+
+def launch(command: list[str], cwd: Path, side: str) -> Path:
+    """Run `command`, one of `side`'s, to its end in `cwd`; the run directory, which rank 0 alone made."""
+    cwd.mkdir(exist_ok=True)
+    done = finished(command, cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [directory] = (cwd / "logs" / side).iterdir()
+    return directory
+
+
 # fp16 with a GradScaler: Lightning runs precision="16-mixed" on GPUs alone (on the CPU it warns and switches to
 # bf16-mixed), and the entry points refuse it there. torch's fp16 autocast and GradScaler run on the CPU too: the
 # tests run them there, Lightning's side through its MixedPrecision plugin, given directly.

@@ -302,6 +302,8 @@ if not torch.cuda.is_available():
     BAD_VALUES["a GPU where there is none"] = (["--trainer.accelerator=gpu"], "trainer.accelerator")
 # Lightning would warn and train in bf16-mixed; the plain loop would train in fp16.
 BAD_VALUES["16-mixed on the CPU"] = (["--trainer.precision=16-mixed", "--trainer.accelerator=cpu"], "16-mixed")
+# Lightning's ModelParallelStrategy has no GradScaler (the plain loop, out of torchrun, says to run it there).
+BAD_VALUES["16-mixed under fsdp2"] = (["--trainer.precision=16-mixed", "--trainer.strategy=fsdp2"], "strategy='fsdp2'")
 # One value each just inside what BAD_VALUES is just outside, given the same way.
 GOOD_VALUES = [
     *["--data.batch_size", "1", "--model.lr", "1e-9", "--model.net.hidden=1", "--model.net.dropout=0.99"],
@@ -353,9 +355,19 @@ def test_a_strategy_the_fabric_loop_does_not_run_is_refused_by_name(tmp_path, no
         train_fabric.main([*TINY, "--trainer.strategy=fsdp"])
     assert stop.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: trainer.strategy='fsdp' (it takes 'auto', 'ddp') is not implemented by"), line
+    assert line.startswith("error: trainer.strategy='fsdp' (it takes 'auto', 'ddp', 'fsdp2') is not implemented by")
     with pytest.raises(Started):  # the negative control (ddp would start processes: tests/test_ddp.py)
         train_fabric.main([*TINY, "--trainer.strategy=auto"])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_the_plain_loop_says_that_its_processes_are_torchruns(strategy, tmp_path, no_training, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_torch.main([*TINY, f"--trainer.strategy={strategy}"])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    command = f"torchrun --standalone --nproc_per_node 2 train_torch.py --trainer.strategy {strategy}"
+    assert line.startswith(f"error: trainer.strategy='{strategy}': the plain loop runs it under torchrun: {command}")
 
 
 @pytest.mark.parametrize("command", [["train.py", "fit"], ["train_torch.py"], ["train_fabric.py"]])

@@ -17,56 +17,39 @@ import torch
 from PIL import Image
 
 from conftest import (
+    ACCUMULATING,
     CHECKPOINT,
     DROPOUT,
+    HALVES,
     LIGHTNING,
     LONGER,
     QUIET,
     ROOT,
+    TORCHRUN,
+    TWO_PROCESSES,
     ctrl_c,
     differences,
     ended,
     event_scalars,
     final_state,
     finished,
+    launch,
     mismatches,
     started,
 )
 
-DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-# `torchrun` is torch.distributed.run's console script; the module runs where the script is not installed.
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+DDP = ["--trainer.strategy=ddp", *TWO_PROCESSES]
 COMMANDS = {
     "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, *LIGHTNING],
     "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
     "fabric": [sys.executable, str(ROOT / "train_fabric.py"), *DDP],
 }
 SIDES = tuple(COMMANDS)
-# 180 training points: 90 a process, batches of 32, 32, 26; 60 validation points: 30 a process, batches 25, 5,
-# whose metrics torchmetrics reduces over both processes.
-ARGS = [
-    *QUIET,
-    "--trainer.max_epochs=4",
-    "--data.dataset.points_per_class=100",
-    "--data.batch_size=32",
-    "--data.val_batch_size=25",
-    DROPOUT,
-    "--boundary.every_n_epochs=2",
-]
 TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}  # what the essay's experiment logs, at least
 
 
-def launch(side: str, args: list[str], cwd: Path) -> Path:
-    """Run one side to the end in `cwd`; its run directory."""
-    cwd.mkdir(exist_ok=True)
-    done = finished([*COMMANDS[side], *args], cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    [directory] = (cwd / "logs" / side).iterdir()  # rank 0 alone made one
-    return directory
-
-
 def test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identical(tmp_path):
-    runs = {side: launch(side, ARGS, tmp_path) for side in SIDES}
+    runs = {side: launch([*COMMANDS[side], *HALVES], tmp_path, side) for side in SIDES}
     for directory in runs.values():
         assert len(list(directory.glob("events.out.tfevents.*"))) == 1  # rank 0 alone logs
         with Image.open(directory / "decision_boundary.gif") as gif:
@@ -81,14 +64,12 @@ def test_lightning_ddp_the_plain_loop_under_torchrun_and_fabric_ddp_are_identica
         assert mismatches((final_state(side, runs[side]), scalars[side]), plain) == [], side
 
     # The control: one process on all the data is another run, so the equality above is DDP's.
-    single = finished([sys.executable, str(ROOT / "train_torch.py"), *ARGS], tmp_path)
+    single = finished([sys.executable, str(ROOT / "train_torch.py"), *HALVES], tmp_path)
     assert single.returncode == 0
     single_scalars = event_scalars(tmp_path / "logs" / "torch" / "version_1")
     assert single_scalars["train/loss"][:3] != plain_scalars["train/loss"][:3]
 
 
-# Windows of 2 of each process's 3 batches an epoch: a full one, then a partial one; clipping that bites.
-ACCUMULATING = ["--trainer.accumulate_grad_batches=2", "--trainer.gradient_clip_val=0.05"]
 # The negative controls, run under torchrun: the plain loop without DDP's no_sync on the batches it accumulates,
 # and the Fabric loop without fabric.no_backward_sync.
 WITHOUT_NO_SYNC = """
@@ -112,7 +93,7 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
     puts around the batches it accumulates, each batch's gradients are averaged over the processes and then added
     up, where no_sync adds them up in each process and averages once: other bits (the pitfalls lab's row 11f counts
     the all-reduces too)."""
-    runs = {side: launch(side, [*ARGS, *ACCUMULATING], tmp_path / side) for side in SIDES}
+    runs = {side: launch([*COMMANDS[side], *HALVES, *ACCUMULATING], tmp_path / side, side) for side in SIDES}
     plain = runs["torch"]
     assert len(event_scalars(plain)["train/loss"]) == 4 * 2  # 2 steps an epoch
     for side in ("lightning", "fabric"):
@@ -125,7 +106,7 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
         script = cwd / "without_no_sync.py"
         entry = repr(str(ROOT / f"train_{side}.py"))
         script.write_text(WITHOUT_NO_SYNC.replace("ROOT", repr(str(ROOT))).replace("SCRIPT", entry))
-        done = finished([*TORCHRUN, str(script), *ARGS, *ACCUMULATING], cwd)
+        done = finished([*TORCHRUN, str(script), *HALVES, *ACCUMULATING], cwd)
         assert done.returncode == 0, done.stderr[-3000:]
         changed = differences(final_state(side, cwd / "logs" / side / "version_0"), final_state("torch", plain))
         assert ".model.layers.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
@@ -134,7 +115,7 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
 def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
     """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically. One
     uninterrupted run for both: the two loops compute the same run (the test above)."""
-    expected = launch("torch", [*LONGER, DROPOUT], tmp_path / "reference")
+    expected = launch([*COMMANDS["torch"], *LONGER, DROPOUT], tmp_path / "reference", "torch")
     for side in SIDES:
         cwd = tmp_path / side
         cwd.mkdir(exist_ok=True)
@@ -147,7 +128,7 @@ def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
         step = torch.load(checkpoint, weights_only=True)["global_step" if side == "lightning" else "step"]
         assert step % 15 == 0  # the end of an epoch
 
-        resumed = launch(side, [*LONGER, DROPOUT, "--ckpt_path=last"], cwd)
+        resumed = launch([*COMMANDS[side], *LONGER, DROPOUT, "--ckpt_path=last"], cwd, side)
         outcome = (final_state(side, resumed), event_scalars(resumed))
         assert mismatches(outcome, (final_state("torch", expected), event_scalars(expected))) == [], side
 
@@ -156,7 +137,7 @@ def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_li
     """A run in one process can stop mid-epoch; a DistributedSampler cannot go on from there. Each process says so
     in one line and exits with 1; torchrun then reports the failed processes its own way."""
     args = [*QUIET, "--trainer.max_epochs=1", "--data.dataset.points_per_class=100", "--boundary.every_n_epochs=0"]
-    checkpoint = launch("torch", args, tmp_path) / "checkpoints" / "last.pt"
+    checkpoint = launch([*COMMANDS["torch"], *args], tmp_path, "torch") / "checkpoints" / "last.pt"
     saved = torch.load(checkpoint, weights_only=True)
     saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it
     torch.save(saved, checkpoint)
@@ -178,24 +159,27 @@ def free_port() -> int:
 # Two nodes of one process each, on this machine: two torchrun agents that meet at a c10d rendezvous (on a cluster,
 # at the first node's address), and the entry point on each. Lightning is told the nodes and the processes a node.
 NODE = {
-    "lightning": [str(ROOT / "train.py"), "fit", *LIGHTNING, "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
+    "lightning": [str(ROOT / "train.py"), "fit", *LIGHTNING, "--trainer.accelerator=cpu"]
     + ["--trainer.num_nodes=2", "--trainer.devices=1"],
     "torch": [str(ROOT / "train_torch.py")],
     "fabric": [str(ROOT / "train_fabric.py")],  # under torchrun it takes the nodes and processes torchrun gives it
 }
 
 
-def test_two_nodes_of_one_process_compute_what_one_node_of_two_computes(tmp_path):
-    """The ranks are what DDP's numbers depend on, not the nodes they run on: each loop on two simulated nodes ends
-    with the weights, optimizer state and series of the plain loop on one node of two processes."""
-    one_node = launch("torch", ARGS, tmp_path / "one_node")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_nodes_of_one_process_compute_what_one_node_of_two_computes(strategy, tmp_path):
+    """The ranks are what the numbers depend on, not the nodes they run on: each loop on two simulated nodes ends
+    with the weights, optimizer state and series of the plain loop on one node of two processes, under DDP and
+    under FSDP2 (accumulating, with clipping that bites: where FSDP2's bits are not DDP's, docs/proof.md)."""
+    args = [f"--trainer.strategy={strategy}", *HALVES, *ACCUMULATING]
+    one_node = launch([*TORCHRUN, str(ROOT / "train_torch.py"), *args], tmp_path / "one_node", "torch")
     expected = (final_state("torch", one_node), event_scalars(one_node))
     for side in SIDES:
         cwd, port = tmp_path / side, free_port()
         cwd.mkdir()
         agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
         agent += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={side}"]
-        nodes = [started([*agent, *NODE[side], *ARGS], cwd, stderr=subprocess.PIPE) for _ in range(2)]
+        nodes = [started([*agent, *NODE[side], *args], cwd, stderr=subprocess.PIPE) for _ in range(2)]
         for node in nodes:
             _, stderr = ended(node)
             assert node.returncode == 0, (side, stderr.decode()[-3000:])
@@ -227,7 +211,7 @@ def test_under_torchrun_a_failed_process_says_why_in_torchruns_report(tmp_path):
     @record writes (without it, the report's traceback is a link to the docs)."""
     script = tmp_path / "failing.py"
     script.write_text(FAILING.replace("SCRIPT", repr(str(ROOT / "train_torch.py"))))
-    done = finished([*TORCHRUN, str(script), *ARGS], tmp_path)
+    done = finished([*TORCHRUN, str(script), *HALVES], tmp_path)
     assert done.returncode != 0
     report = done.stderr[done.stderr.index("Root Cause") :]
     assert "error_file: <N/A>" not in report and "RuntimeError: a bug in rank " in report, report

@@ -2,6 +2,8 @@
 TensorBoard's own loader and its defaults, as `tensorboard --logdir logs` reads them. Their numbers stand in a
 directory of their own inside the run, at the checkpoint's step."""
 
+import re
+
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -25,6 +27,7 @@ def test_evaluations_leave_the_fits_curves_and_stand_at_the_checkpoints_step(tmp
         result = run("train.py", subcommand, *TINY, "--ckpt_path=last", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().splitlines()[-1] == f"logs: {RUN}/{subcommand}"
+        assert not re.search(r"\.py:\d+: ", result.stderr), result.stderr  # no warning
     assert series(tmp_path / RUN) == before  # every tag: its steps and values
     # Lightning logs an epoch's validation at the index of its last step: the checkpoint's global_step - 1.
     step = torch.load(tmp_path / RUN / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] - 1

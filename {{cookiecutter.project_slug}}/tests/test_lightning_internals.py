@@ -5,6 +5,7 @@ A Lightning release that moves one fails here by name, before the runs that need
 """
 
 import importlib.util
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -95,3 +96,17 @@ def test_torch_still_has_the_worker_shutdown_the_tests_call():
         f"torch {torch.__version__} moved _MultiProcessingDataLoaderIter._shutdown_workers, which tests/conftest.py's "
         "shut_down_workers relies on for stopping DataLoader workers"
     )
+
+
+@pytest.mark.parametrize("strategies", [lightning.pytorch.strategies, lightning.fabric.strategies])
+def test_model_parallel_strategies_still_build_their_mesh_from_the_size_the_fsdp2_strategies_set(strategies):
+    strategy_class = strategies.ModelParallelStrategy
+    parallelize = (lambda module, mesh: module,) if strategies is lightning.fabric.strategies else ()
+    strategy = strategy_class(*parallelize, data_parallel_size=3, tensor_parallel_size=1)
+    where = ("ModelParallelStrategy._data_parallel_size", "machinery/sharding.py", "FSDP2 over every process")
+    # The constructor's size is where the setter writes, and what setup_environment builds the device mesh from.
+    assert getattr(strategy, "_data_parallel_size", None) == 3, moved(*where)
+    assert "self._data_parallel_size" in inspect.getsource(strategy_class.setup_environment)
+    with named_if_missing():
+        lightning_internals.set_data_parallel_size(strategy, 2)
+    assert strategy._data_parallel_size == 2

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from {{ cookiecutter.package_name }}.machinery.loaders import drawing_from, stacked
+from {{ cookiecutter.package_name }}.machinery.sharding import sharded
 
 # Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
 PALETTE = torch.tensor(
@@ -162,8 +163,8 @@ class DecisionBoundary(BoundaryAnimation, L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not self.wants(trainer.current_epoch):
             return
-        if not trainer.is_global_zero:  # under DDP, rank 0 draws the animation alone
-            return
+        if not trainer.is_global_zero and not sharded(pl_module.net):  # under DDP, rank 0 draws it alone
+            return  # (a model FSDP2 shards computes its forward in every process together)
         val_loss = trainer.callback_metrics["val/loss"].item()
         writer = trainer.logger.experiment if trainer.logger is not None else None
         points, epoch = trainer.datamodule.val_set, trainer.current_epoch

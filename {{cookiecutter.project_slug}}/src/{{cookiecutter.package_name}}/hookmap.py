@@ -110,7 +110,14 @@ LOOP = (
         "model.to(",
         "after the optimizer, with a dtype change and torch's overwrite-on-conversion flag on, "
         "the optimizer updates discarded tensors",
-        fabric="in `fabric.setup`",
+        fabric=("model = fabric.setup_module(",),
+    ),
+    Row("if hp.strategy == ", code="if self.device_mesh is not None:", fabric='`Fabric(strategy="fsdp2")`'),
+    Row(
+        "shard(",
+        "after the optimizer is built, the optimizer holds the parameters FSDP2 replaced: no step changes a weight",
+        code="shard(self.net, ",
+        fabric="in `fabric.setup_module`",
     ),
     Row("criterion = ", code="self.criterion = "),
     Row(
@@ -131,13 +138,13 @@ LOOP = (
     Row(
         "autocast = ",
         "left out, `bf16-mixed` trains in float32: every loss differs from the first step on",
-        fabric="in the model's forward, once `fabric.setup` has wrapped it",
+        fabric="in the model's forward, once `fabric.setup_module` has wrapped it",
     ),
     Row("scaler = "),
     Row("N = ", code="accumulate_grad_batches: "),
     Row(
         "train_model, loader, val_loader = ",
-        fabric=("model, optimizer = fabric.setup(", "loader, val_loader = fabric.setup_dataloaders("),
+        fabric=("optimizer = fabric.setup_optimizers(", "loader, val_loader = fabric.setup_dataloaders("),
     ),
     Row("start_epoch = "),
     Row("for epoch in ", code="max_epochs: "),
@@ -269,7 +276,7 @@ MACHINERY = (
         lightning='under DDP, `Trainer(strategy="ddp")` calls `reset_seed()` as each process joins the process group',
     ),
     Row(
-        "train_model = ",
+        "train_model = DistributedDataParallel(",
         "left out, each process steps with its own gradients and the copies of the model drift apart",
         lightning='`Trainer(strategy="ddp")` wraps the LightningModule',
     ),
@@ -279,7 +286,7 @@ MACHINERY = (
         lightning="`Trainer(use_distributed_sampler=True)` under DDP: the DataLoader made anew with a "
         "`DistributedSampler` seeded with `seed_everything`",
     ),
-    Row("model.load_state_dict(", lightning="`Trainer.fit(ckpt_path=...)`, before training starts"),
+    Row("load_whole_state(", lightning="`Trainer.fit(ckpt_path=...)`, before training starts"),
     Row(
         "scaler.load_state_dict(",
         "left out, a resumed `16-mixed` run starts again from the initial loss scale",

@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 from {{ cookiecutter.package_name }}.data import SpiralDataModule
 from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
 from {{ cookiecutter.package_name }}.metrics import metrics
+from {{ cookiecutter.package_name }}.model import shard
 
 # The dtype autocast computes the forward in, per Trainer(precision=...); 32-bit: none.
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -42,6 +43,8 @@ def fit(data: SpiralDataModule, hp, run: PlainRun):
     # essay: model = MLP(in_features=2, hidden=128, out_features=3)
     model = hp.net()  # LightningModule(net=...): LightningCLI builds the config's model.net
     model.to(device)  # the Trainer, before configure_optimizers
+    if hp.strategy == "fsdp2":  # Trainer(strategy="fsdp2"), under torchrun: FSDP2
+        shard(model, run.mesh())  # configure_model: model.py's shard(); each keeps its shard
     criterion = nn.CrossEntropyLoss()
     val_loss = MeanMetric(nan_strategy=float("nan")).to(device)  # weighted by batch size; NaN stays
     val_metrics = metrics(hp.classes, "val/").to(device)  # metrics.py: val/acc, and yours

@@ -35,6 +35,7 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
 
     # --- model, loss, metrics: LightningModule.__init__ ---
     model = hp.net()  # the network the config's model.net names: the MLP, or yours
+    model = fabric.setup_module(model)  # Fabric: model.to(device), shard(...) (fsdp2), the DDP wrap
     criterion = nn.CrossEntropyLoss()
     val_loss = MeanMetric(nan_strategy=float("nan")).to(device)  # weighted by batch size; NaN stays
     val_metrics = metrics(hp.classes, "val/").to(device)  # metrics.py: val/acc, and yours
@@ -48,7 +49,7 @@ def fit(data: SpiralDataModule, hp, fabric: Fabric, run: FabricRun):
     N = hp.accumulate_grad_batches  # Trainer(accumulate_grad_batches=N)
 
     # --- before the first batch: Fabric(strategy="ddp"), Trainer.fit(ckpt_path=...) ---
-    model, optimizer = fabric.setup(model, optimizer)  # Fabric: model.to(device), the DDP wrap
+    optimizer = fabric.setup_optimizers(optimizer)  # Fabric: its steps in its precision plugin
     loader, val_loader = fabric.setup_dataloaders(loader, val_loader)  # Fabric: DistributedSamplers
     start_epoch = run.start(model, optimizer, scheduler, scaler, data, loader)
 

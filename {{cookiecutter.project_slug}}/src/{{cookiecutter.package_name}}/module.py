@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import ExactResume
 from {{ cookiecutter.package_name }}.metrics import metrics
+from {{ cookiecutter.package_name }}.model import shard
 
 Batch = tuple[Tensor, Tensor]  # (X, y): (batch, ...) float32 inputs, (batch,) int64 labels
 
@@ -48,6 +49,10 @@ class SpiralClassifier(ExactResume, L.LightningModule):
         self.val_metrics = metrics(classes, "val/")  # metrics.py: val/acc, and yours
         self.test_loss = MeanMetric(nan_strategy=float("nan"))
         self.test_metrics = metrics(classes, "test/")
+
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:  # Trainer(strategy="fsdp2"): its processes' device mesh
+            shard(self.net, self.device_mesh["data_parallel"])  # model.py: each keeps its shard
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

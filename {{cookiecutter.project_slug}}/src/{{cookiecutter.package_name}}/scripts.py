@@ -49,7 +49,9 @@ from {{ cookiecutter.package_name }}.machinery.plain_run import (
     next_version,
     process_group,
 )
+from {{ cookiecutter.package_name }}.machinery.sharding import FabricFSDP2, ShardingError
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest
+from {{ cookiecutter.package_name }}.model import shard
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
@@ -223,8 +225,9 @@ KEPT = {
     "model_registry": ANY,
 }
 # What only Fabric takes (it goes to Fabric), or the plain loop only under torchrun (which decides them).
-KEPT_BY_FABRIC = {"strategy": ("auto", "ddp"), "devices": ANY, "num_nodes": ANY, "plugins": ANY}
-KEPT_UNDER_TORCHRUN = {"strategy": ANY, "devices": ANY, "num_nodes": ANY}
+SEVERAL_PROCESSES = ("ddp", "fsdp2")  # the strategies the three loops implement: DDP, and FSDP2's sharded model
+KEPT_BY_FABRIC = {"strategy": ("auto", *SEVERAL_PROCESSES), "devices": ANY, "num_nodes": ANY, "plugins": ANY}
+KEPT_UNDER_TORCHRUN = {"strategy": ("auto", *SEVERAL_PROCESSES), "devices": ANY, "num_nodes": ANY}
 
 
 def refused_trainer_setting(trainer: Namespace, default: Namespace, kept: dict) -> str | None:
@@ -264,6 +267,9 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
     parser.add_argument("--ckpt_path", type=str | None, default=None, help="last.pt to go on from, or `last`.")
     config = plain_numbers(parser.parse_args(args))
     trainer = config.trainer
+    if not fabric and not launched_by_torchrun() and trainer.strategy in SEVERAL_PROCESSES:
+        command = f"torchrun --standalone --nproc_per_node 2 train_torch.py --trainer.strategy {trainer.strategy}"
+        parser.error(f"trainer.strategy={trainer.strategy!r}: the plain loop runs it under torchrun: {command}")
     kept = {**KEPT, **(KEPT_BY_FABRIC if fabric else KEPT_UNDER_TORCHRUN if launched_by_torchrun() else {})}
     refused = refused_trainer_setting(trainer, plain_numbers(parser.get_defaults()).trainer, kept)
     if refused is not None:
@@ -319,6 +325,7 @@ def loop_settings(config: Namespace) -> Namespace:
         seed=config.seed_everything,
         **{**vars(config.model), "net": partial(instantiate, config.model.net)},
         max_epochs=config.trainer.max_epochs,
+        strategy=config.trainer.strategy,
         gradient_clip_val=config.trainer.gradient_clip_val,
         precision=config.trainer.precision,
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,
@@ -327,14 +334,14 @@ def loop_settings(config: Namespace) -> Namespace:
 
 def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None, lead: bool) -> dict:
     """A PlainRun's (or FabricRun's) settings but its writer and device; `lead`: rank 0, or the only process, which
-    alone draws the animation."""
+    alone draws the animation (under FSDP2 every process draws, the sharded model's forward needs them all)."""
     boundary = BoundaryAnimation(**config.boundary)
     boundary.switch_off_if_undrawable(data.val_set, say=lead)
     return dict(
         hparams={"model": config.model.as_dict(), "data": config.data.as_dict()},
         log_every_n_steps=config.trainer.log_every_n_steps,
         progress_bar=lead and config.trainer.enable_progress_bar is not False,
-        boundary=boundary if lead else None,
+        boundary=boundary if lead or config.trainer.strategy == "fsdp2" else None,
         resume=resume,
     )
 
@@ -366,8 +373,8 @@ def stopping(script: str, log_dir: Path, distributed: bool) -> Iterator[StopRequ
     checkpoint = log_dir / "checkpoints" / "last.pt"
     try:
         yield stop
-    # CheckpointError: a mid-epoch checkpoint under DDP.
-    except (NonFiniteLossError, CheckpointError) as error:
+    # CheckpointError: a mid-epoch checkpoint under DDP. ShardingError: an optimizer built before shard().
+    except (NonFiniteLossError, CheckpointError, ShardingError) as error:
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
         command = f"python {script} --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
@@ -380,11 +387,12 @@ def stopping(script: str, log_dir: Path, distributed: bool) -> Iterator[StopRequ
 
 
 def report(run: PlainRun, log_dir: Path, lead: bool) -> None:
-    """The animation's file, from the process that drew it, and where the logs are."""
+    """From rank 0, or the only process: the animation's file and where the logs are."""
+    if not lead:
+        return
     if run.boundary is not None and run.boundary.save(log_dir / "decision_boundary.gif"):
         print(f"decision boundary: {log_dir / 'decision_boundary.gif'}")
-    if lead:
-        print(f"logs: {log_dir}")
+    print(f"logs: {log_dir}")
 
 
 @contextmanager
@@ -432,9 +440,11 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
     # purge_step: as plain_run's.
     logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=resume and resume["step"])
     strategy, devices, num_nodes = trainer.strategy, trainer.devices, trainer.num_nodes
-    if launched_by_torchrun() and strategy == "auto":  # the processes torchrun started
-        strategy, devices = "ddp", int(os.environ["LOCAL_WORLD_SIZE"])
+    if launched_by_torchrun():  # the processes torchrun started
+        strategy, devices = "ddp" if strategy == "auto" else strategy, int(os.environ["LOCAL_WORLD_SIZE"])
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
+    if strategy == "fsdp2":
+        strategy = FabricFSDP2(parallelize_fn=shard)  # fabric.setup_module shards with model.py's shard()
     fabric = Fabric(
         accelerator=trainer.accelerator,
         strategy=strategy,

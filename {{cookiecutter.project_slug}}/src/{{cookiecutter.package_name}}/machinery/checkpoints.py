@@ -114,8 +114,10 @@ class ExactResume:
         checkpoint["rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Before the weights are loaded: a checkpoint of another shape is refused by name, not by a traceback.
-        check_shapes(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
+        # Before the weights are loaded: a checkpoint of another shape is refused by name, not by a traceback. (FSDP2's
+        # ModelParallelStrategy has loaded them already, and taken them out; train.py checked their shapes first.)
+        if "state_dict" in checkpoint:
+            check_shapes(checkpoint["state_dict"], self.state_dict(), "the checkpoint")
         # Resuming a fit, not load_from_checkpoint() or a test: go on with the interrupted run's random numbers.
         if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])

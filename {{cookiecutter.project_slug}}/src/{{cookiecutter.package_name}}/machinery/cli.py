@@ -90,6 +90,9 @@ def settings_problem(config: Namespace) -> str | None:
     available = GPUS.get(str(trainer.accelerator))
     if available is not None and not available():
         return f"trainer.accelerator={trainer.accelerator!r}, but torch finds no such device here"
+    if trainer.strategy == "fsdp2" and str(trainer.precision) in ("16-mixed", "16"):
+        # Lightning's ModelParallelStrategy refuses it: no GradScaler for sharded gradients.
+        return f"trainer.precision={trainer.precision!r} does not go with trainer.strategy='fsdp2': use bf16-mixed"
     on_cpu = trainer.accelerator in DEVICES and device_for(trainer.accelerator).type == "cpu"
     if str(trainer.precision) in ("16-mixed", "16") and on_cpu:
         # Lightning would warn and train in bf16-mixed instead; the plain loop would train in fp16.
@@ -132,6 +135,11 @@ def quiet() -> None:
     )
     # Lightning's CLI code calls jsonargparse in ways jsonargparse has deprecated (skip_none, parse_object).
     warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning, module="lightning.pytorch.cli")
+    # validate, test and predict of a run's checkpoint write into a directory of the run's own (scripts.py, log_into):
+    # ModelCheckpoint, which saves nothing there, says its record of the fit's checkpoints is not restored.
+    warnings.filterwarnings(
+        "ignore", "The dirpath has changed from", UserWarning, "lightning.pytorch.callbacks.model_checkpoint"
+    )
 
 
 def plain_numbers(value: Any) -> Any:

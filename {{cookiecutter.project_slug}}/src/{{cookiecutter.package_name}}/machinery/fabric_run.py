@@ -17,6 +17,7 @@ from lightning.fabric.utilities.seed import reset_seed
 from {{ cookiecutter.package_name }}.machinery.checkpoints import set_rng_state
 from {{ cookiecutter.package_name }}.machinery.lightning_internals import set_times_iterated, unwrapped_dataloader
 from {{ cookiecutter.package_name }}.machinery.plain_run import PlainRun
+from {{ cookiecutter.package_name }}.machinery.sharding import sharded
 
 
 @dataclass
@@ -50,4 +51,7 @@ class FabricRun(PlainRun):
         self.fabric.log(tag, value, step)  # rank 0 alone, as Fabric's loggers log
 
     def _write(self, checkpoint: dict[str, Any]) -> None:
-        self.fabric.save(self.checkpoint, checkpoint)  # rank 0 writes, through the AtomicCheckpointIO plugin
+        if not sharded(self._model):
+            self.fabric.save(self.checkpoint, checkpoint)  # rank 0 writes, through the AtomicCheckpointIO plugin
+        elif self.fabric.is_global_zero:  # fsdp2: fabric.save would write around the plugin (machinery/sharding.py)
+            self.fabric.strategy.checkpoint_io.save_checkpoint(checkpoint, self.checkpoint)

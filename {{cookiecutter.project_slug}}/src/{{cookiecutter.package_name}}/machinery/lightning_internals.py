@@ -17,6 +17,10 @@ Checked on lightning 2.5.3 (the floor in pyproject.toml) and 2.6.6, with torch 2
   `Trainer.received_sigterm` reports; with it set, Lightning's loops raise SIGTERMException at the end of the batch
   or the epoch they are in. machinery/stopping.py's GracefulStop sets it, for Ctrl-C as well as SIGTERM, where it
   has chosen to stop.
+- `ModelParallelStrategy._data_parallel_size` (`set_data_parallel_size`), Lightning's and Fabric's: the number of
+  processes its device mesh shards the model over, which its `setup_environment` reads to build the mesh.
+  machinery/sharding.py's FSDP2 strategies set it to every process of the run, known only then (the constructor's
+  "auto" means the number of nodes).
 - `lightning.pytorch.utilities._pytree` (`PYTREE_MODULE`): the module whose `LeafSpec()` draws torch 2.13's
   FutureWarning at every step; machinery/cli.py's quiet() filters that warning by the module's name.
 - `jsonargparse._deprecated.JsonargparseDeprecationWarning`: what Lightning's CLI code triggers by calling
@@ -37,6 +41,7 @@ __all__ = [
     "PYTREE_MODULE",
     "JsonargparseDeprecationWarning",
     "ask_trainer_to_stop",
+    "set_data_parallel_size",
     "set_times_iterated",
     "unwrapped_dataloader",
 ]
@@ -71,3 +76,10 @@ def ask_trainer_to_stop(trainer: Any) -> None:
     connector = trainer._signal_connector
     _attribute(connector, "received_sigterm", "machinery/stopping.py", "stopping the Trainer after a batch")
     connector.received_sigterm = True
+
+
+def set_data_parallel_size(strategy: Any, size: int) -> None:
+    """Make a ModelParallelStrategy, Lightning's or Fabric's, shard over `size` processes: before its
+    setup_environment builds the device mesh."""
+    _attribute(strategy, "_data_parallel_size", "machinery/sharding.py", "FSDP2 over every process")
+    strategy._data_parallel_size = size

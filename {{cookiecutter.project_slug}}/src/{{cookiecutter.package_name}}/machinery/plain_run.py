@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics import Metric, MetricCollection
@@ -35,6 +36,14 @@ from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import atomic_save, rng_state, set_rng_state
 from {{ cookiecutter.package_name }}.machinery.loaders import distributed, with_sampler
+from {{ cookiecutter.package_name }}.machinery.sharding import (
+    check_optimizer,
+    load_whole_state,
+    mesh,
+    no_gradient_sync,
+    sharded,
+    whole_state,
+)
 from {{ cookiecutter.package_name }}.machinery.stopping import (
     NonFiniteLossError,
     StoppedBySignal,
@@ -66,15 +75,22 @@ class PlainRun:
         if not distributed():
             return model, loader, val_loader
         torch.manual_seed(seed)  # setup_distributed: reset_seed() seeds each process again, after the model
-        train_model = DistributedDataParallel(model)  # wraps the module: backward averages the gradients
-        self._ddp = weakref.ref(train_model)  # not kept beyond the loop: see process_group
+        train_model = model  # FSDP2: the sharded model reduce-scatters its gradients itself
+        if not sharded(model):
+            train_model = DistributedDataParallel(model)  # wraps the module: backward averages the gradients
+            self._ddp = weakref.ref(train_model)  # not kept beyond the loop: see process_group
         # use_distributed_sampler=True: both DataLoaders made anew, each process with its share of the points
         loader = with_sampler(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))
         val_loader = with_sampler(val_loader, DistributedSampler(val_loader.dataset, shuffle=False, seed=seed))
         return train_model, loader, val_loader
 
+    def mesh(self) -> DeviceMesh:
+        """Trainer(strategy="fsdp2"): the processes, in ModelParallelStrategy's device mesh, that shard the model."""
+        return mesh(self.device)
+
     def start(self, model, optimizer, scheduler, scaler, data, loader) -> int:
         """Trainer.fit(ckpt_path=...): restore `resume` into the run's objects; the epoch to start at."""
+        check_optimizer(model, optimizer)  # FSDP2: built after shard(), as configure_optimizers after configure_model
         self._model, self._optimizer, self._scheduler, self._scaler = model, optimizer, scheduler, scaler
         self._data, self._loader, self._mid_epoch = data, loader, False
         if self.resume is None:
@@ -86,8 +102,8 @@ class PlainRun:
 
     def _restore(self, model, optimizer, scheduler, scaler, data, loader) -> None:
         """The checkpoint's state into each object, and torch's random state."""
-        model.load_state_dict(self.resume["model"])  # the checkpoint's "state_dict"
-        optimizer.load_state_dict(self.resume["optimizer"])  # its "optimizer_states"
+        # the checkpoint's "state_dict" and "optimizer_states"; FSDP2: each process takes its shard
+        load_whole_state(model, optimizer, self.resume["model"], self.resume["optimizer"])
         scheduler.load_state_dict(self.resume["scheduler"])  # its "lr_schedulers"
         if self.resume["scaler"]:  # its "MixedPrecision", from a 16-mixed run: the loss scale
             scaler.load_state_dict(self.resume["scaler"])
@@ -120,6 +136,8 @@ class PlainRun:
         ddp = self._ddp and self._ddp()
         if accumulating and ddp is not None:
             return ddp.no_sync()
+        if accumulating and sharded(self._model):  # FSDP2: its own, about to reduce-scatter
+            return no_gradient_sync(self._model)
         return nullcontext()
 
     def batch_end(self, loss: torch.Tensor, epoch: int, stepped: bool) -> None:
@@ -160,13 +178,14 @@ class PlainRun:
 
     def _save(self, epoch_to_go_on_in: int) -> None:
         """Trainer.save_checkpoint, through AtomicCheckpointIO; the plain loop's keys for Lightning's."""
+        model, optimizer = whole_state(self._model, self._optimizer)  # FSDP2: gathered, by every process
         if self.checkpoint is None:
             return
         checkpoint = {
             "epoch": epoch_to_go_on_in,  # "epoch", "loops": where the fit loop goes on
             "step": self.step,  # "global_step"
-            "model": self._model.state_dict(),  # "state_dict"
-            "optimizer": self._optimizer.state_dict(),  # "optimizer_states"
+            "model": model,  # "state_dict"
+            "optimizer": optimizer,  # "optimizer_states"
             "scheduler": self._scheduler.state_dict(),  # "lr_schedulers"
             "scaler": self._scaler.state_dict(),  # "MixedPrecision": {} unless 16-mixed
             "data": self._data.state_dict(),  # LightningDataModule.state_dict
@@ -199,7 +218,8 @@ def device_for(accelerator: str) -> torch.device:
 
 
 def launched_by_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ  # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts
+    # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts; Lightning's and Fabric's launchers don't
+    return "LOCAL_WORLD_SIZE" in os.environ
 
 
 @contextmanager

@@ -12,6 +12,7 @@ Standard library only up to run(), so that a script calls start() before it impo
 during which a Ctrl-C would otherwise print an import's traceback).
 """
 
+import gc
 import os
 import signal
 import sys
@@ -57,7 +58,9 @@ def run(main) -> None:
         torch.set_num_threads(1)  # these small models train fastest on one thread: docs/performance.md
     with one_line_errors():
         record(main)()
-        # Under DDP: the process group before the exit, main()'s DDP wrapper gone with main(); a group left to the
-        # exit may abort the process from its threads.
+        # Under DDP and FSDP2: the process group before the exit, main()'s DDP wrapper gone with main(); then what
+        # main() made (Lightning's objects hold one another), the sharded model with them. A group, or a model that
+        # holds one, left to the exit may abort the process from its threads.
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        gc.collect()
