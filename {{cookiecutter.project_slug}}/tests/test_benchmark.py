@@ -1,4 +1,5 @@
-"""benchmarks/lightning_vs_torch.py on a tiny budget: one run of each entry point and the stock peer, 2 epochs."""
+"""The benchmarks on a tiny budget: lightning_vs_torch.py, one run of each entry point and the stock peer, 2 epochs;
+memory.py, one round."""
 
 import re
 import subprocess
@@ -52,3 +53,19 @@ def test_the_benchmark_prints_its_table_and_the_ratio_and_leaves_nothing_behind(
     assert re.fullmatch(r"ratio fabric/torch: \d+\.\d\d", lines[-2])
     assert re.fullmatch(r"ratio lightning/torch: \d+\.\d\d", lines[-1])
     assert not any(tmp_path.iterdir())  # the runs logged to a temporary directory, since removed
+
+
+def test_the_memory_benchmark_shows_fsdp2_holding_less_than_ddp(tmp_path):
+    """benchmarks/memory.py on its network of 4096 units a layer (64 MiB a float32 copy), one round: each strategy's
+    row, and the process that does not write the checkpoint holding less under FSDP2 than under DDP."""
+    script = ROOT / "benchmarks" / "memory.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.findall(r"^  (ddp|fsdp2) +(\d+) +(\d+)$", result.stdout, re.MULTILINE)
+    rows = {name: (int(rank0), int(rank1)) for name, rank0, rank1 in found}
+    assert set(rows) == {"ddp", "fsdp2"}, result.stdout
+    assert rows["fsdp2"][1] < rows["ddp"][1], result.stdout
+    assert re.search(r"^ratio fsdp2/ddp: rank 0 \d\.\d\d, rank 1 \d\.\d\d$", result.stdout, re.MULTILINE)
+    assert not any(tmp_path.iterdir())
