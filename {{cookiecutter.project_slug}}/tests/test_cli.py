@@ -360,6 +360,13 @@ def test_a_strategy_the_fabric_loop_does_not_run_is_refused_by_name(tmp_path, no
         train_fabric.main([*TINY, "--trainer.strategy=auto"])
 
 
+def test_last_if_any_is_for_a_fit_alone(tmp_path, no_training, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.main(["test", *TINY, "--ckpt_path=last-if-any"])
+    assert stop.value.code == "error: --ckpt_path last-if-any goes on with a fit; test takes last or a path"
+    assert not (tmp_path / "logs").exists()
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_the_plain_loop_says_that_its_processes_are_torchruns(strategy, tmp_path, no_training, capsys):
     with pytest.raises(SystemExit) as stop:

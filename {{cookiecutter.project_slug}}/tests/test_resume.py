@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from {{ cookiecutter.package_name }}.machinery.stopping import STOP_SIGNALS
 
 from conftest import (
     CPU,
@@ -109,7 +112,7 @@ def interrupted(
     """Run with `signum` arriving in the step-th optimizer step (or what `register` hooks); the exit code and the
     last line on stderr."""
     handle = register(SendAt(signum, step))
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:
         with pytest.raises(SystemExit) as stop:
             fit(side, args)
@@ -126,11 +129,11 @@ def interrupted(
     return stop.value.code, lines[-1] if lines else ""
 
 
-# --- Ctrl-C and SIGTERM stop after the batch, mid-epoch included ---
+# --- Ctrl-C, SIGTERM and SIGUSR1 stop after the batch, mid-epoch included ---
 
 # (signal, step it arrives in): the first step, a step mid-epoch, an epoch's last step (then validation runs
-# first), the run's last step.
-STOPS = [(signal.SIGINT, 0), (signal.SIGTERM, 4), (signal.SIGINT, 5), (signal.SIGTERM, 11)]
+# first), the run's last step; SLURM's SIGUSR1 mid-epoch.
+STOPS = [(signal.SIGINT, 0), (signal.SIGTERM, 4), (signal.SIGINT, 5), (signal.SIGTERM, 11), (signal.SIGUSR1, 7)]
 ENTRY = {
     "lightning": ("python train.py fit", "last.ckpt", "global_step"),
     "torch": ("python train_torch.py", "last.pt", "step"),
@@ -201,6 +204,56 @@ def test_resuming_mid_epoch_with_persistent_workers(side, tmp_path, monkeypatch,
     fit(side, [*TINY, DROPOUT, *WORKERS, "--ckpt_path=last"])
     shut_down_workers()
     assert mismatches(final(tmp_path, side), expected, SKIP) == []
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_last_if_any_starts_a_new_run_then_goes_on_with_it(side, tmp_path, monkeypatch, capsys, reference):
+    """A job that a cluster starts again runs the same command: `--ckpt_path last-if-any` starts a new run where there
+    is nothing to go on from, and goes on with it after a stop, bit-identically."""
+    expected = reference(side, [*TINY, DROPOUT])
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, DROPOUT, "--ckpt_path=last-if-any"]
+    code, _ = interrupted(side, args, signal.SIGTERM, 4, capsys)
+    assert code == 143
+    fit(side, args)
+    assert [run.name for run in Path("logs", side).iterdir()] == ["version_0"]
+    assert mismatches(final(tmp_path, side), expected, SKIP) == []
+
+
+# What makes Lightning take the process for a SLURM task (SLURMEnvironment.detect) and answer SIGUSR1 itself.
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+}
+
+
+def test_on_slurm_sigusr1_stops_after_the_batch_instead_of_lightnings_requeue(tmp_path, monkeypatch, capsys, reference):
+    """Lightning's SLURM auto-requeue answers SIGUSR1 with a checkpoint of its own from inside the handler, mid-step,
+    and a requeue: GracefulStop takes the signal over, and the run stops after the batch as on SIGTERM."""
+    expected = reference("lightning", [*TINY, DROPOUT])
+    for key, value in SLURM.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    installed = []  # SIGUSR1's handler once the Trainer has set its own: on SLURM, Lightning's requeue
+    register = _SignalConnector.register_signal_handlers
+
+    def registered(connector):
+        register(connector)
+        installed.append(signal.getsignal(signal.SIGUSR1))
+
+    monkeypatch.setattr(_SignalConnector, "register_signal_handlers", registered)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # as in a new process: Lightning adds its handler to none
+    code, said = interrupted("lightning", [*TINY, DROPOUT], signal.SIGUSR1, 7, capsys)
+    assert callable(installed[0])  # the control: Lightning took this for SLURM and set its handler
+    assert code == 128 + signal.SIGUSR1
+    assert said.startswith("SIGUSR1: saved logs/lightning/version_0/checkpoints/last.ckpt at step 8 "), said
+    assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))  # Lightning's requeue checkpoint
+    fit("lightning", [*TINY, DROPOUT, "--ckpt_path=last"])
+    assert mismatches(final(tmp_path, "lightning"), expected, SKIP) == []
 
 
 def test_the_stop_checkpoint_holds_the_position_within_the_epoch(tmp_path, monkeypatch, capsys):

@@ -132,9 +132,13 @@ class CLI(LightningCLI):
 
         saved = ("last.ckpt", ("state_dict", "hyper_parameters"), "a LightningModule (train.py)")
         defaults = self._parser(subcommand).get_defaults()
+        if not fitting and config.ckpt_path == "last-if-any":
+            raise CheckpointError(f"--ckpt_path last-if-any goes on with a fit; {subcommand} takes last or a path")
         # validate, test and predict take the data the checkpoint was trained on, or the data given.
         given_wins = () if fitting else ("data",)
         checkpoint, run = adopt_checkpoint(config, defaults, root, saved, settings, given_wins)
+        if checkpoint is None:  # last-if-any, and none: a new run
+            return None, None
         # Refused here, before a run directory is made, not when the Trainer loads it.
         model = self.model_class(**vars(instantiate(config.model)))
         check_shapes(checkpoint["state_dict"], model.state_dict(), config.ckpt_path)
@@ -264,7 +268,9 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
     parser.add_class_arguments(SpiralDataModule, "data")
     parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
     parser.add_class_arguments(BoundaryAnimation, "boundary")
-    parser.add_argument("--ckpt_path", type=str | None, default=None, help="last.pt to go on from, or `last`.")
+    parser.add_argument(
+        "--ckpt_path", type=str | None, default=None, help="last.pt to go on from, `last`, or `last-if-any`."
+    )
     config = plain_numbers(parser.parse_args(args))
     trainer = config.trainer
     if not fabric and not launched_by_torchrun() and trainer.strategy in SEVERAL_PROCESSES:
@@ -360,8 +366,8 @@ def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) ->
 
 @contextmanager
 def stopping(script: str, log_dir: Path, distributed: bool) -> Iterator[StopRequest | None]:
-    """Around the training: Ctrl-C and SIGTERM noted, to stop after the batch; what ends the run early said in one
-    line, with the command that resumes it after a signal.
+    """Around the training: Ctrl-C, SIGTERM and SIGUSR1 noted, to stop after the batch; what ends the run early said
+    in one line, with the command that resumes it after a signal.
 
     Distributed, a Ctrl-C stops every process at once: SIGINT's default action, which also ends one waiting in a
     collective for one gone. It goes on from the last checkpoint."""

@@ -183,18 +183,26 @@ def adopt_checkpoint(
     read: tuple[str, tuple[str, ...], str],
     settings: Callable[[dict[str, Any]], dict[str, dict[str, Any]]],
     given_wins: tuple[str, ...] = (),
-) -> tuple[dict[str, Any], Path | None]:
+) -> tuple[dict[str, Any] | None, Path | None]:
     """`--ckpt_path` for the three entry points: the checkpoint, and the run directory under `root` it continues.
 
-    `last` becomes the newest `root/version_*/checkpoints/<file>`; `read` is (file name, keys it must hold, what it
-    is) and `settings(checkpoint)` the model, data and trainer settings it was trained with. A setting still at its
+    `last` becomes the newest `root/version_*/checkpoints/<file>`, and so does `last-if-any` where there is one (a
+    job that the cluster starts again runs the same command); else it becomes None, a new run, and so do the
+    returned checkpoint and run directory. `read` is (file name, keys it must hold, what it is) and
+    `settings(checkpoint)` the model, data and trainer settings it was trained with. A setting still at its
     default (configs/default.yaml) takes the checkpoint's value, as LightningCLI does for the model's; one set to
     something else by a flag or a config file contradicts the checkpoint, and the checkpoint is refused by name, but
     in the sections of `given_wins` (an evaluation's data: a checkpoint may be tested on other data).
     """
     filename, keys, kind = read
-    if config.ckpt_path == "last":
-        config.ckpt_path = str(newest(root, filename))
+    if config.ckpt_path in ("last", "last-if-any"):
+        try:
+            config.ckpt_path = str(newest(root, filename))
+        except CheckpointError:
+            if config.ckpt_path == "last":
+                raise
+            config.ckpt_path = None  # a job's first start, or one killed before its first checkpoint: a new run
+            return None, None
     path = Path(config.ckpt_path)
     checkpoint = read_checkpoint(path, keys, kind)
     conflicts = []

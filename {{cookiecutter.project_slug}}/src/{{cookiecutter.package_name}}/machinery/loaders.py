@@ -134,10 +134,11 @@ def with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """In each DataLoader worker: a terminal sends Ctrl-C to every process of the job, and a worker that died of it
-    would fail the main process's graceful stop. The main process decides, then shuts the workers down: SIGTERM
-    keeps its default, whatever handler the worker inherited."""
+    """In each DataLoader worker: a terminal sends Ctrl-C to every process of the job (and SLURM its SIGUSR1 to every
+    process of a job step), and a worker that died of it would fail the main process's graceful stop. The main
+    process decides, then shuts the workers down: SIGTERM keeps its default, whatever handler the worker inherited."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

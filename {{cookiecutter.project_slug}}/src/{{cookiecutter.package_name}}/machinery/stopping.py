@@ -1,7 +1,8 @@
-"""Runs that stop where they can go on from: Ctrl-C and SIGTERM after the batch, a NaN loss at once.
+"""Runs that stop where they can go on from: Ctrl-C, SIGTERM and SIGUSR1 after the batch, a NaN loss at once.
 
-- `StopRequest` / `GracefulStop`: Ctrl-C (SIGINT) or SIGTERM finishes the batch, writes a checkpoint of exactly that
-  point (the plain loop: plain_run.py; Lightning: the callback), prints how to resume and exits with 130 or 143.
+- `StopRequest` / `GracefulStop`: Ctrl-C (SIGINT), SIGTERM or SIGUSR1 (SLURM's signal before a time limit, when a job
+  asks for it) finishes the batch, writes a checkpoint of exactly that point (the plain loop: plain_run.py;
+  Lightning: the callback), prints how to resume and exits with 130, 143 or 138.
 - `StopOnNonFiniteLoss`: a NaN or infinite loss stops training, naming the step, before a checkpoint is written
   from it.
 """
@@ -35,8 +36,12 @@ def ends_window(trainer: L.Trainer, batch_idx: int) -> bool:
     return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or batch_idx + 1 == trainer.num_training_batches
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM only note that a stop was asked for; the loop stops where it can go on from.
+    """Ctrl-C (SIGINT), SIGTERM and SIGUSR1 only note that a stop was asked for; the loop stops where it can go on
+    from.
 
     Python's own SIGINT handler raises KeyboardInterrupt wherever the program is, in the middle of Adam's update
     too. Here the first signal sets `signal`, and the loop (plain_run.py, or GracefulStop for Lightning) stops after the
@@ -53,7 +58,7 @@ class StopRequest:
     def listen(self) -> dict[int, Any]:
         """Install the handlers; return the ones they replace."""
         self.pid = os.getpid()
-        return {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
+        return {signum: signal.signal(signum, self._note) for signum in STOP_SIGNALS}
 
     def _note(self, signum: int, frame) -> None:
         if os.getpid() != self.pid:  # a DataLoader worker forked since: it stops as it would without this handler
@@ -67,7 +72,7 @@ class StopRequest:
 
 
 class StoppedBySignal(Exception):
-    """The plain loop stopped on Ctrl-C or SIGTERM after writing a checkpoint of the point it reached."""
+    """The plain loop stopped on Ctrl-C, SIGTERM or SIGUSR1 after writing a checkpoint of the point it reached."""
 
     def __init__(self, signum: signal.Signals, step: int, epoch: int):
         super().__init__(f"{signum.name}: saved at step {step} (epoch {epoch})")
@@ -75,15 +80,17 @@ class StoppedBySignal(Exception):
 
 
 class GracefulStop(StopRequest, L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM: finish the batch, write last.ckpt of exactly that point, say how to resume.
+    """Ctrl-C (SIGINT), SIGTERM or SIGUSR1: finish the batch, write last.ckpt of exactly that point, say how to resume.
 
     Lightning stops without a checkpoint on a KeyboardInterrupt, and its SIGTERM handler may stop in the middle of
-    a validation, whose metrics a checkpoint does not hold. Here both signals only set a flag (StopRequest). After
+    a validation, whose metrics a checkpoint does not hold. Here the signals only set a flag (StopRequest). After
     the batch's optimizer step (or, on an epoch's last batch, after the epoch's validation) the callback lets
     Lightning raise its SIGTERMException at a point its loops resume from, and writes last.ckpt: at the end of an
     epoch where ModelCheckpoint would, mid-epoch when the exception arrives, after the batch is logged. The process
-    exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM. A second Ctrl-C stops at once, without a
-    checkpoint. Under DDP every process stops at the end of the epoch in which any of them got the signal.
+    exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1. A second Ctrl-C stops at
+    once, without a checkpoint. Under DDP every process stops at the end of the epoch in which any of them got the
+    signal. On SLURM, Lightning answers SIGUSR1 itself (auto_requeue): a checkpoint from inside its handler, in the
+    middle of a step, and a requeue that resumes from it; here SIGUSR1 is taken over and stops as SIGTERM does.
 
     A SIGKILL cannot be caught; the run then goes on from its last checkpoint. So that the logged curve has no gap
     up to it, the loggers are flushed with every checkpoint (TensorBoard's writer holds events for up to 2 minutes).
@@ -94,7 +101,7 @@ class GracefulStop(StopRequest, L.Callback):
         self.saved: Path | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Here, not earlier: the Trainer installs its own SIGTERM handler just before training starts.
+        # Here, not earlier: the Trainer installs its own SIGTERM handler (and on SLURM, SIGUSR1's) just before.
         self.signal = signal.SIGTERM if trainer.received_sigterm else None  # one that came in between
         self.saved = None
         self.when = "at the end of this epoch" if trainer.world_size > 1 else "after this batch"
