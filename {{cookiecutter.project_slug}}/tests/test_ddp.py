@@ -112,15 +112,18 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
         assert ".model.layers.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
 
 
-def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
-    """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically. One
-    uninterrupted run for both: the two loops compute the same run (the test above)."""
-    expected = launch([*COMMANDS["torch"], *LONGER, DROPOUT], tmp_path / "reference", "torch")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(strategy, tmp_path):
+    """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically, under DDP
+    and under FSDP2 (whose processes gather the checkpoint from their shards). One uninterrupted run for the three:
+    the loops compute the same run (the test above, and tests/test_fsdp2.py)."""
+    args = [*LONGER, DROPOUT] if strategy == "ddp" else ["--trainer.strategy=fsdp2", *LONGER, DROPOUT]
+    expected = launch([*COMMANDS["torch"], *args], tmp_path / "reference", "torch")
     for side in SIDES:
         cwd = tmp_path / side
         cwd.mkdir(exist_ok=True)
         checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
-        code, stderr = ctrl_c([*COMMANDS[side], *LONGER, DROPOUT], cwd, checkpoint)
+        code, stderr = ctrl_c([*COMMANDS[side], *args], cwd, checkpoint)
         assert code != 0, f"{side} finished before Ctrl-C"
         if side == "lightning":  # Lightning's processes agree to stop at the end of the epoch and save it
             assert code == 130, stderr[-3000:]
@@ -128,7 +131,7 @@ def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(tmp_path):
         step = torch.load(checkpoint, weights_only=True)["global_step" if side == "lightning" else "step"]
         assert step % 15 == 0  # the end of an epoch
 
-        resumed = launch([*COMMANDS[side], *LONGER, DROPOUT, "--ckpt_path=last"], cwd, side)
+        resumed = launch([*COMMANDS[side], *args, "--ckpt_path=last"], cwd, side)
         outcome = (final_state(side, resumed), event_scalars(resumed))
         assert mismatches(outcome, (final_state("torch", expected), event_scalars(expected))) == [], side
 

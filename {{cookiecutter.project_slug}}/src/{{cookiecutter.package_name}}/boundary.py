@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import Dataset
 
 from {{ cookiecutter.package_name }}.machinery.loaders import drawing_from, stacked
-from {{ cookiecutter.package_name }}.machinery.sharding import sharded
 
 # Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
 PALETTE = torch.tensor(
@@ -163,7 +163,7 @@ class DecisionBoundary(BoundaryAnimation, L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not self.wants(trainer.current_epoch):
             return
-        if not trainer.is_global_zero and not sharded(pl_module.net):  # under DDP, rank 0 draws it alone
+        if not trainer.is_global_zero and not isinstance(pl_module.net, FSDPModule):  # DDP: rank 0 draws alone
             return  # (a model FSDP2 shards computes its forward in every process together)
         val_loss = trainer.callback_metrics["val/loss"].item()
         writer = trainer.logger.experiment if trainer.logger is not None else None

@@ -22,6 +22,7 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning import Trainer
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
+from lightning.fabric.strategies import STRATEGY_REGISTRY as FABRIC_STRATEGIES
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -55,6 +56,8 @@ from {{ cookiecutter.package_name }}.model import shard
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+# Fabric(strategy="fsdp2"): fabric.setup_module shards with model.py's shard() (Lightning's "fsdp2": sharding.py).
+FABRIC_STRATEGIES.register("fsdp2", FabricFSDP2, description="FSDP2: every process one shard", parallelize_fn=shard)
 
 
 def refuse(problem: str | None) -> None:
@@ -449,8 +452,6 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
     if launched_by_torchrun():  # the processes torchrun started
         strategy, devices = "ddp" if strategy == "auto" else strategy, int(os.environ["LOCAL_WORLD_SIZE"])
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
-    if strategy == "fsdp2":
-        strategy = FabricFSDP2(parallelize_fn=shard)  # fabric.setup_module shards with model.py's shard()
     fabric = Fabric(
         accelerator=trainer.accelerator,
         strategy=strategy,

@@ -1,10 +1,11 @@
 """What the Trainer does around the Fabric loop and Fabric leaves to you: logging, resuming, checkpoints, stops.
 
 loop_fabric.fit() calls a `FabricRun` where loop.fit() calls a `PlainRun`, with the same names; plain_run.py says
-what each call does. Fabric does the rest of PlainRun's work itself, in lines of the loop: `fabric.setup` wraps the
-model in DDP, `fabric.setup_dataloaders` gives the DataLoaders their DistributedSamplers, `fabric.no_backward_sync`
-is DDP's no_sync. Here the scalars go through `fabric.log` to Fabric's TensorBoardLogger, and the checkpoints, the
-same as the plain loop's last.pt, through `fabric.save` and `fabric.load`.
+what each call does. Fabric does the rest of PlainRun's work itself, in lines of the loop: `fabric.setup_module`
+wraps the model in DDP (or shards it, under FSDP2), `fabric.setup_dataloaders` gives the DataLoaders their
+DistributedSamplers, `fabric.no_backward_sync` is DDP's (or FSDP2's) no_sync. Here the scalars go through `fabric.log`
+to Fabric's TensorBoardLogger, and the checkpoints, the same as the plain loop's last.pt, through `fabric.save` (under
+FSDP2, the CheckpointIO plugin itself: machinery/sharding.py) and `fabric.load`.
 """
 
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class FabricRun(PlainRun):
     resume_path: Path | None = None  # the checkpoint `resume` was read from
 
     def start(self, model, optimizer, scheduler, scaler, data, loader) -> int:
-        """PlainRun.start for the objects fabric.setup and fabric.setup_dataloaders returned."""
+        """PlainRun.start for the objects fabric.setup_module, setup_optimizers and setup_dataloaders returned."""
         if self.fabric.world_size > 1:
             reset_seed()  # Trainer(strategy="ddp") seeds each process again, after the model is made
         # The frames are drawn from the module itself, outside autocast, as the other loops draw them; the loader's

@@ -62,15 +62,16 @@ class PlainRun:
     boundary: Any = None  # the DecisionBoundary callback: boundary.py's BoundaryAnimation
     checkpoint: Path | None = None  # last.pt, written at every epoch's end (ModelCheckpoint(save_last=True))
     resume: dict[str, Any] | None = None  # a checkpoint read back: Trainer.fit(ckpt_path=...)
-    stop: StopRequest | None = None  # Ctrl-C and SIGTERM: the GracefulStop callback
+    stop: StopRequest | None = None  # Ctrl-C, SIGTERM, SIGUSR1: the GracefulStop callback
     step: int = 0  # optimizer steps so far: Trainer.global_step
     log_every_n_steps: int = 1  # Trainer(log_every_n_steps=...): train/loss at every n-th step
     _bar = None  # the progress bar, where there is one
 
     def distribute(self, model: nn.Module, loader: DataLoader, val_loader: DataLoader, seed: int):
-        """Trainer(strategy="ddp"), in one of several processes launched by torchrun; else nothing.
+        """Trainer(strategy="ddp") or "fsdp2", in one of several processes launched by torchrun; else nothing.
 
-        Returns the model that training runs (under DDP its wrapper) and both DataLoaders."""
+        Returns the model that training runs (under DDP its wrapper; a model FSDP2 sharded, itself) and both
+        DataLoaders, each process with its share of the points."""
         self._ddp = None
         if not distributed():
             return model, loader, val_loader
@@ -96,6 +97,7 @@ class PlainRun:
         if self.resume is None:
             return 0
         self._restore(model, optimizer, scheduler, scaler, data, loader)
+        del self.resume["model"], self.resume["optimizer"]  # restored: under FSDP2 each process keeps its shard alone
         self.step = self.resume["step"]  # the fit loop's progress
         self._mid_epoch = not self.resume["loader"]["epoch_done"]  # stopped by a signal within the epoch
         return self.resume["epoch"]
@@ -178,6 +180,8 @@ class PlainRun:
 
     def _save(self, epoch_to_go_on_in: int) -> None:
         """Trainer.save_checkpoint, through AtomicCheckpointIO; the plain loop's keys for Lightning's."""
+        if self.checkpoint is None and not sharded(self._model):
+            return
         model, optimizer = whole_state(self._model, self._optimizer)  # FSDP2: gathered, by every process
         if self.checkpoint is None:
             return
@@ -247,7 +251,7 @@ def process_group(accelerator: str) -> Iterator[torch.device]:
 
 
 class NoWriter:
-    """What the other processes of a DDP run log to: nothing, as Lightning's loggers log from rank 0 alone."""
+    """What the other processes of a DDP or FSDP2 run log to: nothing, as Lightning's loggers log from rank 0."""
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None

@@ -7,7 +7,7 @@
 - `check_optimizer()`: ShardingError where the optimizer was built before the model was sharded.
 - `whole_state()`, `load_whole_state()`: a sharded model's and its optimizer's state gathered into the state dicts of
   the same model unsharded, and back: the checkpoints of the three loops are the same file with FSDP2, DDP or one
-  process, and any of them resumes any other.
+  process, and any of them loads under another strategy.
 
 Checkpoints are whole, not torch's distributed checkpoint of one file per process: ModelParallelStrategy writes
 those itself, around the CheckpointIO plugin, so a kill mid-save could tear the last one. A whole checkpoint goes
