@@ -136,9 +136,7 @@ def whole_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
     if not optimizer_state:  # not rank 0
         return model_state, optimizer_state
     number = {key: i for i, key in enumerate(names(model, optimizer))}  # as one process's state_dict numbers them
-    state = {number[key]: value for key, value in optimizer_state["state"].items()}
-    groups = [{**group, "params": [number[k] for k in group["params"]]} for group in optimizer_state["param_groups"]]
-    return model_state, {"state": state, "param_groups": groups}
+    return model_state, rekeyed(optimizer_state, number)
 
 
 def load_whole_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict):
@@ -149,7 +147,12 @@ def load_whole_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_s
         return
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state, options=options)
-    key = names(model, optimizer)
-    state = {key[i]: value for i, value in optimizer_state["state"].items()}
-    groups = [{**group, "params": [key[i] for i in group["params"]]} for group in optimizer_state["param_groups"]]
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)
+    by_name = rekeyed(optimizer_state, names(model, optimizer))  # as get_optimizer_state_dict keys them
+    set_optimizer_state_dict(model, optimizer, by_name, options=options)
+
+
+def rekeyed(optimizer_state: dict[str, Any], key) -> dict[str, Any]:
+    """An optimizer's state_dict with each parameter's key `k` as `key[k]`: names for numbers, or numbers for names."""
+    state = {key[k]: value for k, value in optimizer_state["state"].items()}
+    groups = [{**group, "params": [key[k] for k in group["params"]]} for group in optimizer_state["param_groups"]]
+    return {"state": state, "param_groups": groups}
