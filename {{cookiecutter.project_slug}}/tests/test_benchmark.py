@@ -69,3 +69,17 @@ def test_the_memory_benchmark_shows_fsdp2_holding_less_than_ddp(tmp_path):
     assert rows["fsdp2"][1] < rows["ddp"][1], result.stdout
     assert re.search(r"^ratio fsdp2/ddp: rank 0 \d\.\d\d, rank 1 \d\.\d\d$", result.stdout, re.MULTILINE)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_stop_vote_benchmark_prints_both_times_and_their_ratio(tmp_path):
+    """benchmarks/stop_vote.py, one short round: a time with the vote and one without, and their ratio."""
+    script = ROOT / "benchmarks" / "stop_vote.py"
+    command = [sys.executable, str(script), "--rounds", "1", "--epochs", "2"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.findall(r"^  (with the vote|without it) +\d+\.\d{3} s$", result.stdout, re.MULTILINE) == [
+        "with the vote",
+        "without it",
+    ], result.stdout
+    assert re.search(r"^ratio with/without: \d\.\d\d \(median of 1 rounds\)$", result.stdout, re.MULTILINE)
+    assert not any(tmp_path.iterdir())

@@ -7,6 +7,7 @@ checkpoints hold torch.equal weights, optimizer and scheduler state. Dropout is 
 numbers must line up too.
 """
 
+import signal
 import socket
 import subprocess
 import sys
@@ -112,43 +113,142 @@ def test_accumulating_under_ddp_is_identical_and_needs_no_sync(tmp_path):
         assert ".model.layers.0.weight" in changed and ".optimizer.state.0.exp_avg" in changed, side
 
 
+# A signal at a chosen batch, as a scheduler would send it: in each process of the command, the training loader,
+# handing out batch 5 of epoch 1 in the process of the given LOCAL_RANK, sends the signal to its target and waits.
+SIGNAL_AT_A_BATCH = """
+import importlib
+import os
+import signal
+import sys
+import time
+
+from {{ cookiecutter.package_name }}.machinery import script
+from {{ cookiecutter.package_name }}.machinery.loaders import ResumableLoader
+
+count = ResumableLoader._count
+
+
+def counted(self, iterator):
+    for batch in count(self, iterator):
+        if self.batches == 5 and self.sampler.epoch == 1 and os.environ.get("LOCAL_RANK", "0") == "%(rank)s":
+            os.kill(%(target)s, %(signal)s)
+            time.sleep(1)  # a signal torchrun's agent passes on reaches the processes meanwhile
+        yield batch
+
+
+ResumableLoader._count = counted
+sys.path.insert(0, "%(root)s")
+# Imported, not run as __main__: Lightning's and Fabric's launchers start this file again for rank 1.
+script.run(importlib.import_module("%(entry)s").main)
+"""
+# Who gets the signal. SIGUSR1: one process alone, rank 1 (a scheduler signals the processes one by one). SIGTERM:
+# torchrun's agent, which passes it on to its processes, and every process of Lightning's and Fabric's launchers.
+SIGNALS = {
+    "ddp": {side: ("1", "os.getpid()", "signal.SIGUSR1") for side in SIDES},
+    "fsdp2": {
+        "lightning": ("0", "0", "signal.SIGTERM"),  # os.kill(0, ...): the process group, every process
+        "torch": ("0", "os.getppid()", "signal.SIGTERM"),  # the agent
+        "fabric": ("0", "0", "signal.SIGTERM"),
+    },
+}
+ENTRY = {
+    "lightning": ["train.py", "fit", *DDP, *LIGHTNING],
+    "torch": ["train_torch.py"],
+    "fabric": ["train_fabric.py", *DDP],
+}
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_ctrl_c_under_ddp_then_resuming_gives_the_uninterrupted_run(strategy, tmp_path):
-    """A terminal's Ctrl-C reaches every process; the run goes on from the end of an epoch, bit-identically, under DDP
-    and under FSDP2 (whose processes gather the checkpoint from their shards). One uninterrupted run for the three:
-    the loops compute the same run (the test above, and tests/test_fsdp2.py)."""
-    args = [*LONGER, DROPOUT] if strategy == "ddp" else ["--trainer.strategy=fsdp2", *LONGER, DROPOUT]
+def test_a_signal_under_ddp_stops_every_process_mid_epoch_and_resuming_gives_the_uninterrupted_run(strategy, tmp_path):
+    """SIGUSR1 to one process, or SIGTERM to all (through torchrun's agent for the plain loop): the processes agree
+    to stop after the same step, in the middle of epoch 1, save it and exit with the signal's code; `--ckpt_path
+    last` goes on bit-identically, each process with the rest of its share of the epoch. Under DDP and under FSDP2,
+    whose processes gather the checkpoint from their shards. One uninterrupted run for the three: the loops compute
+    the same run (the test above, and tests/test_fsdp2.py)."""
+    args = [f"--trainer.strategy={strategy}", *LONGER, DROPOUT]
     expected = launch([*COMMANDS["torch"], *args], tmp_path / "reference", "torch")
     for side in SIDES:
         cwd = tmp_path / side
-        cwd.mkdir(exist_ok=True)
-        checkpoint = cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side]
-        code, stderr = ctrl_c([*COMMANDS[side], *args], cwd, checkpoint)
-        assert code != 0, f"{side} finished before Ctrl-C"
-        if side == "lightning":  # Lightning's processes agree to stop at the end of the epoch and save it
-            assert code == 130, stderr[-3000:]
-            assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved ")
-        step = torch.load(checkpoint, weights_only=True)["global_step" if side == "lightning" else "step"]
-        assert step % 15 == 0  # the end of an epoch
+        cwd.mkdir()
+        rank, target, signum = SIGNALS[strategy][side]
+        script = cwd / "signal_at_a_batch.py"
+        entry = ENTRY[side][0].removesuffix(".py")
+        script.write_text(SIGNAL_AT_A_BATCH % dict(rank=rank, target=target, signal=signum, root=ROOT, entry=entry))
+        launcher = TORCHRUN if side == "torch" else [sys.executable]
+        done = finished([*launcher, str(script), *ENTRY[side][1:], *args], cwd)
+        assert done.returncode != 0, f"{side} finished before the signal"
+        name = signum.removeprefix("signal.")
+        said = [line for line in done.stderr.splitlines() if line.startswith(f"{name}: saved ")]
+        assert len(said) == 1, (side, done.stderr[-3000:])  # rank 0 says it
+        if side != "torch":  # torchrun reports its failed processes its own way
+            assert done.returncode == 128 + getattr(signal, name), (side, done.stderr[-3000:])
+        checkpoint = torch.load(cwd / "logs" / side / "version_0" / "checkpoints" / CHECKPOINT[side], weights_only=True)
+        step = checkpoint["global_step" if side == "lightning" else "step"]
+        assert 15 < step < 30, (side, step)  # in the middle of epoch 1: 15 steps an epoch
 
         resumed = launch([*COMMANDS[side], *args, "--ckpt_path=last"], cwd, side)
         outcome = (final_state(side, resumed), event_scalars(resumed))
         assert mismatches(outcome, (final_state("torch", expected), event_scalars(expected))) == [], side
 
 
-def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused_under_ddp_in_one_line(tmp_path):
-    """A run in one process can stop mid-epoch; a DistributedSampler cannot go on from there. Each process says so
-    in one line and exits with 1; torchrun then reports the failed processes its own way."""
+def test_ctrl_c_to_torchrun_stops_its_processes_after_the_step(tmp_path):
+    """A terminal's Ctrl-C reaches torchrun's agent alone (its processes run in sessions of their own), which passes
+    it on: the processes stop after the same step, save it, and rank 0 says which."""
+    checkpoint = tmp_path / "logs" / "torch" / "version_0" / "checkpoints" / "last.pt"
+    code, stderr = ctrl_c([*COMMANDS["torch"], *LONGER], tmp_path, checkpoint)
+    assert code != 0, "finished before Ctrl-C"
+    said = [line for line in stderr.splitlines() if line.startswith("SIGINT: saved ")]
+    assert len(said) == 1 and "stopped at once" not in stderr, stderr[-3000:]
+    step = torch.load(checkpoint, weights_only=True)["step"]
+    assert f" at step {step} " in said[0]
+
+
+VOTE = """
+import signal
+
+import torch.distributed as dist
+
+from {{ cookiecutter.package_name }}.machinery.stopping import StopRequest
+
+dist.init_process_group("gloo")
+stop = StopRequest()
+answers = [stop.agreed()]  # no signal yet
+if dist.get_rank() == 1:
+    stop.signal = signal.SIGUSR1  # as its handler notes it
+answers += [stop.agreed(), stop.agreed()]  # the vote is read at the next call
+said = repr(stop.signal)
+stop.signal = None
+answers += [stop.agreed(wait=True)]  # read at once; and the vote that said to stop left none pending
+print(f"rank {dist.get_rank()}: {answers} {said}")
+dist.destroy_process_group()
+"""
+
+
+def test_processes_agree_to_stop_when_one_of_them_was_signalled(tmp_path):
+    """StopRequest.agreed, the vote behind the test above: a signal to rank 1 alone stops rank 0 too, with rank 1's
+    signal (rank 0 would otherwise train on and wait for rank 1 in its next collective, for ever)."""
+    script = tmp_path / "vote.py"
+    script.write_text(VOTE)
+    done = finished([*TORCHRUN, str(script)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert said == [f"rank {rank}: [False, False, True, False] <Signals.SIGUSR1: 10>" for rank in (0, 1)]
+
+
+def test_a_checkpoint_from_the_middle_of_an_epoch_goes_on_in_as_many_processes_alone(tmp_path):
+    """A run stopped mid-epoch goes on with each process's share of that epoch, so in as many processes: a checkpoint
+    of one process's mid-epoch stop is refused under DDP, each process saying so in one line and exiting with 1;
+    torchrun then reports the failed processes its own way."""
     args = [*QUIET, "--trainer.max_epochs=1", "--data.dataset.points_per_class=100", "--boundary.every_n_epochs=0"]
     checkpoint = launch([*COMMANDS["torch"], *args], tmp_path, "torch") / "checkpoints" / "last.pt"
     saved = torch.load(checkpoint, weights_only=True)
-    saved["loader"].update(batches=1, epoch_done=False)  # as a Ctrl-C after the first batch leaves it
+    saved["loader"].update(batches=1, epoch_done=False, processes=1)  # as a stop after one process's first batch
     torch.save(saved, checkpoint)
     done = finished([*COMMANDS["torch"], *args, f"--ckpt_path={checkpoint}"], tmp_path)
     assert done.returncode != 0
     said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert said and said[0].startswith(
-        "error: the checkpoint stopped 1 batches into an epoch; only a run in one process"
+        "error: the checkpoint stopped 1 batches into an epoch of a run in 1 process(es); it goes on in 1, not 2"
     )
     assert f'File "{ROOT}' not in done.stderr  # no traceback through the project's code (torchrun adds its own)
 

@@ -331,8 +331,9 @@ MACHINERY = (
         lightning="the logger connector and `GracefulStop`: `train/loss` logged, and a stop made, at a window's end",
     ),
     Row(
-        "if self.stop is not None and self.stop.signal and ",
-        "left out, a Ctrl-C waits for the end of the epoch (the stop check in `epoch_end`)",
+        "if self.stop is not None and self._loader.batches < len(self._loader) and ",
+        "left out, a Ctrl-C waits for the end of the epoch (the stop check in `epoch_end`); under DDP, so does a "
+        "signal",
         lightning="`GracefulStop` callback, `on_train_batch_end` (machinery/stopping.py)",
     ),
     Row(

@@ -368,27 +368,24 @@ def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) ->
 
 
 @contextmanager
-def stopping(script: str, log_dir: Path, distributed: bool) -> Iterator[StopRequest | None]:
+def stopping(script: str, log_dir: Path, lead: bool) -> Iterator[StopRequest]:
     """Around the training: Ctrl-C, SIGTERM and SIGUSR1 noted, to stop after the batch; what ends the run early said
-    in one line, with the command that resumes it after a signal.
-
-    Distributed, a Ctrl-C stops every process at once: SIGINT's default action, which also ends one waiting in a
-    collective for one gone. It goes on from the last checkpoint."""
-    stop = None if distributed else StopRequest()
-    if stop is not None:
-        previous = stop.listen()
-    else:
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+    in one line, with the command that resumes it after a signal (by rank 0 alone, where several processes train)."""
+    stop = StopRequest()
+    previous = stop.listen()
     checkpoint = log_dir / "checkpoints" / "last.pt"
     try:
         yield stop
-    # CheckpointError: a mid-epoch checkpoint under DDP. ShardingError: an optimizer built before shard().
+    # CheckpointError: a mid-epoch checkpoint of another number of processes. ShardingError: an optimizer built
+    # before shard().
     except (NonFiniteLossError, CheckpointError, ShardingError) as error:
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
-        command = f"python {script} --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
+        launcher = "torchrun <its options>" if launched_by_torchrun() else "python"
+        command = f"{launcher} {script} --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
         where = f"step {stopped.step} (epoch {stopped.epoch})"
-        print(f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}", file=sys.stderr)
+        if lead:
+            print(f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}", file=sys.stderr)
         sys.exit(128 + stopped.signal)
     finally:
         for signum, handler in previous.items():
@@ -416,7 +413,7 @@ def plain_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataModu
     if lead:
         keep_config(parser, config, log_dir, resume)
     settings = run_settings(config, data, resume, lead)
-    with stopping("train_torch.py", log_dir, distributed=launched_by_torchrun()) as stop:
+    with stopping("train_torch.py", log_dir, lead) as stop:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
         writing = SummaryWriter(log_dir, purge_step=resume and resume["step"]) if lead else nullcontext(NoWriter())
         with process_group(config.trainer.accelerator) as device, writing as writer:
@@ -466,7 +463,7 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
     if lead:
         keep_config(parser, config, log_dir, resume)
     settings = run_settings(config, data, resume, lead)
-    with stopping("train_fabric.py", log_dir, distributed=fabric.world_size > 1) as stop:
+    with stopping("train_fabric.py", log_dir, lead) as stop:
         run = FabricRun(
             writer=logger.experiment,  # rank 0's SummaryWriter; on the others, a stand-in
             device=fabric.device,

@@ -5,6 +5,7 @@ the same order, with the same random draws in them, and that an interrupted run 
 
 - `EpochShuffle`: `shuffle=True` whose order is drawn when the epoch starts (a `for` loop and Lightning agree).
 - `ResumableLoader`: the training DataLoader; its state is the epoch's order and how far it got.
+- `DistributedShare`: under DDP and FSDP2, a process's share of an epoch, seeded, from where a resumed run goes on.
 - `Pinned`: the training samples, each drawing its random numbers (augmentation) from a seed of its own.
 - `TensorBatches`: one indexing per batch instead of one per point: the same tensors, several times faster.
 - `with_sampler`, `distributed`: what Lightning does under DDP, for the plain loop.
@@ -19,7 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, TensorDataset, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    TensorDataset,
+    default_collate,
+)
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError
 
@@ -61,12 +70,40 @@ class EpochShuffle(Sampler[int]):
         self._replay = (order, seeds, start)
 
 
+class DistributedShare(Sampler):
+    """Under DDP and FSDP2, what a process's DataLoader batches: its DistributedSampler's share of the epoch, each index
+    with a seed for the sample's random draws where `seeded`, from position `start` in the next epoch on.
+
+    The DistributedSampler (Lightning's, Fabric's or the plain loop's) decides the order from its seed and epoch: a
+    resumed run draws it again, and `start` skips what the interrupted run handed out. The samples' seeds come from
+    the same seed and epoch, drawn after the order as EpochShuffle draws them: the same in every loop, whatever the
+    number of workers, before and after an interruption.
+    """
+
+    def __init__(self, sampler: DistributedSampler, seeded: bool):
+        self.sampler, self.seeded, self.start = sampler, seeded, 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        indices, self.start = list(self.sampler)[self.start :], 0
+        if not self.seeded:
+            return iter(indices)
+        generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)  # as the sampler's order
+        size = len(self.sampler.dataset)
+        torch.randperm(size, generator=generator)  # the order, drawn first
+        seeds = torch.randint(2**62, (size,), generator=generator).tolist()
+        return iter([(index, seeds[index]) for index in indices])
+
+
 class ResumableLoader(DataLoader):
     """The training DataLoader, able to stop between two batches and go on from there in a new process.
 
     Its state is the epoch's order and how many batches it has handed out. Lightning saves it in every checkpoint
     and, resuming mid-epoch, loads it back before iterating (a "stateful" DataLoader); plain_run.py does the same.
-    The generator's state, which decides the epochs still to come, is SpiralDataModule's.
+    The generator's state, which decides the epochs still to come, is SpiralDataModule's. Under DDP and FSDP2 the
+    DistributedSampler decides the order, and a checkpoint keeps how many processes shared the epoch.
     """
 
     batches = 0  # handed out in the current epoch
@@ -79,10 +116,21 @@ class ResumableLoader(DataLoader):
             # The interrupted run drew this epoch's worker seed before it saved the generator (mid-epoch), or it
             # would have reused its persistent workers and drawn none: this iterator draws from a spare one.
             self.generator = torch.Generator()
+        share = self._share()
+        if share is not None:
+            share.start = self._resume_at * self.batch_size
         iterator = super().__iter__()  # a new iterator draws the workers' base seed from self.generator
         self.generator = shuffle
         self.batches, self._resume_at, self.resumed = self._resume_at, 0, False
         return self._count(iterator)
+
+    def _share(self) -> DistributedShare | None:
+        """Under DDP (Lightning and Fabric make the DataLoader anew with a DistributedSampler), what batches it."""
+        if not isinstance(self.sampler, DistributedSampler):
+            return None
+        if not isinstance(self.batch_sampler.sampler, DistributedShare):
+            self.batch_sampler.sampler = DistributedShare(self.sampler, seeded=isinstance(self.dataset, Pinned))
+        return self.batch_sampler.sampler
 
     def _count(self, iterator):
         for batch in iterator:
@@ -94,20 +142,23 @@ class ResumableLoader(DataLoader):
         order, seeds = (torch.tensor(getattr(self.sampler, key, []), dtype=torch.int64) for key in ("order", "seeds"))
         # Whether the epoch was done, said outright: a run with another number of processes counts other batches.
         done = self.batches == len(self)
-        return {"order": order, "seeds": seeds, "batches": self.batches, "epoch_done": done}
+        processes = getattr(self.sampler, "num_replicas", 1)
+        return {"order": order, "seeds": seeds, "batches": self.batches, "epoch_done": done, "processes": processes}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
         self.resumed = True
         batches = int(state_dict["batches"])
         self._resume_at = 0 if state_dict["epoch_done"] else batches
-        if self._resume_at:
-            if not isinstance(self.sampler, EpochShuffle):
-                # Under DDP: a DistributedSampler has no order to replay (a checkpoint from one process, mid-epoch).
-                raise CheckpointError(
-                    f"the checkpoint stopped {batches} batches into an epoch; only a run in one process can go on from "
-                    "there (under DDP, checkpoints are written at the ends of epochs)"
-                )
+        if not self._resume_at:
+            return
+        saved, processes = int(state_dict.get("processes", 1)), getattr(self.sampler, "num_replicas", 1)
+        if saved != processes:  # the processes' shares of the epoch are other ones
+            raise CheckpointError(
+                f"the checkpoint stopped {batches} batches into an epoch of a run in {saved} process(es); it goes on "
+                f"in {saved}, not {processes} (a checkpoint from an epoch's end goes on in any number)"
+            )
+        if isinstance(self.sampler, EpochShuffle):
             order, seeds = state_dict["order"].tolist(), state_dict["seeds"].tolist()
             self.sampler.replay(order, seeds, start=batches * self.batch_size)
 
@@ -148,9 +199,8 @@ class Pinned(Dataset):
     A DataLoader worker's random stream starts from the loader's base seed plus the worker's id, and batches go to
     the workers in turn: a draw in `__getitem__` would depend on the number of workers, and a resumed epoch, which
     hands its remaining batches to workers starting afresh, would draw other numbers. Here each sample draws from
-    the seed EpochShuffle drew for it with the epoch's order (and the checkpoint keeps): torch's, numpy's and
-    Python's random numbers, the process's own put back after each batch. Under DDP the DistributedSampler gives the
-    index alone: the draws then come from each worker's stream, the same in the three loops, at the ends of epochs.
+    the seed that came with its index (EpochShuffle's, or under DDP DistributedShare's): torch's, numpy's and
+    Python's random numbers, the process's own put back after each batch.
     """
 
     def __init__(self, dataset: Dataset, augment: Callable[[Tensor], Tensor] | None = None):
@@ -164,7 +214,7 @@ class Pinned(Dataset):
 
     def __getitems__(self, keys: list) -> list:
         """A batch's samples: DataLoader asks for them at once, so the random state is kept once a batch."""
-        if not keys or not isinstance(keys[0], tuple):  # bare indices (DDP): the stream they are drawn in
+        if not keys or not isinstance(keys[0], tuple):  # bare indices (DDP, use_distributed_sampler=False)
             return [self._drawn(index) for index in keys]
         with kept_random_state():
             return [self._drawn(index, seed) for index, seed in keys]

@@ -153,7 +153,8 @@ class PlainRun:
         if (self.step + 1) % self.log_every_n_steps == 0:  # the logger connector's should_update_logs
             self._log("train/loss", loss.item(), self.step)  # the window's last batch's loss
         self.step += 1
-        if self.stop is not None and self.stop.signal and self._loader.batches < len(self._loader):
+        # Not the epoch's last batch: the scheduler's step and the validation belong to it (epoch_end stops then).
+        if self.stop is not None and self._loader.batches < len(self._loader) and self.stop.agreed():
             self._save(epoch)  # mid-epoch: the resumed run goes on with this epoch's next batch
             raise StoppedBySignal(self.stop.signal, self.step, epoch)
 
@@ -175,7 +176,7 @@ class PlainRun:
         val_loss.reset()
         val_metrics.reset()
         self._save(epoch + 1)
-        if self.stop is not None and self.stop.signal:
+        if self.stop is not None and self.stop.agreed(wait=True):
             raise StoppedBySignal(self.stop.signal, self.step, epoch)
 
     def _save(self, epoch_to_go_on_in: int) -> None:

@@ -2,7 +2,8 @@
 
 - `StopRequest` / `GracefulStop`: Ctrl-C (SIGINT), SIGTERM or SIGUSR1 (SLURM's signal before a time limit, when a job
   asks for it) finishes the batch, writes a checkpoint of exactly that point (the plain loop: plain_run.py;
-  Lightning: the callback), prints how to resume and exits with 130, 143 or 138.
+  Lightning: the callback), prints how to resume and exits with 130, 143 or 138. Under DDP and FSDP2 the processes
+  agree at every optimizer step whether any of them was asked to stop (`StopRequest.agreed`).
 - `StopOnNonFiniteLoss`: a NaN or infinite loss stops training, naming the step, before a checkpoint is written
   from it.
 """
@@ -15,9 +16,11 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from {{ cookiecutter.package_name }}.machinery.lightning_internals import ask_trainer_to_stop
+from {{ cookiecutter.package_name }}.machinery.loaders import distributed
 from {{ cookiecutter.package_name }}.machinery.script import stop_at_once
 
 
@@ -49,11 +52,12 @@ class StopRequest:
     Lightning's too, which turns it into exit 1, or in the handling of the first signal.
     """
 
-    when = "after this batch"  # when the loop stops, for the message
-
     def __init__(self):
         self.signal: signal.Signals | None = None
         self.pid = os.getpid()  # the process that trains
+        self.said = os.environ.get("LOCAL_RANK", "0") == "0"  # one line a machine, where several processes train
+        self._group = None  # the processes that vote on a stop
+        self._pending = None  # the vote of the previous call, and its result to be
 
     def listen(self) -> dict[int, Any]:
         """Install the handlers; return the ones they replace."""
@@ -68,7 +72,38 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             stop_at_once(signum, frame)
         self.signal = signal.Signals(signum)
-        print(f"\n{self.signal.name}: stopping {self.when} (Ctrl-C again: at once)", file=sys.stderr)
+        if self.said:
+            print(f"\n{self.signal.name}: stopping after this batch (Ctrl-C again: at once)", file=sys.stderr)
+
+    def agreed(self, wait: bool = False) -> bool:
+        """Whether to stop here: a signal came to this process, or, under DDP and FSDP2, to any of the processes.
+
+        Every process calls it at the same points, after the same optimizer steps, and gets the same answer, with
+        the same signal (the highest-numbered of those that came), so that all save the same step and exit alike: a
+        scheduler may signal one process first, or one alone. The vote is an all-reduce of one number on the CPU,
+        over a gloo group of its own, so that on GPUs it waits for no GPU work (unchecked on GPUs). It is read at
+        the next call, while the next step computes: the processes stop one step after a signal is noted. With
+        `wait` (at an epoch's end), or when the answer is to stop, it is read at once, and none is left pending.
+        """
+        if not distributed():
+            return self.signal is not None
+        if self._group is None:
+            self._group = dist.new_group(backend="gloo")
+        answer = 0
+        if self._pending is not None:
+            work, vote = self._pending
+            work.wait()
+            answer, self._pending = int(vote), None
+        vote = torch.tensor(self.signal or 0)
+        work = dist.all_reduce(vote, dist.ReduceOp.MAX, group=self._group, async_op=True)
+        if wait or answer:
+            work.wait()
+            answer = max(answer, int(vote))
+        else:
+            self._pending = (work, vote)
+        if answer:
+            self.signal = signal.Signals(answer)
+        return bool(answer)
 
 
 class StoppedBySignal(Exception):
@@ -88,9 +123,10 @@ class GracefulStop(StopRequest, L.Callback):
     Lightning raise its SIGTERMException at a point its loops resume from, and writes last.ckpt: at the end of an
     epoch where ModelCheckpoint would, mid-epoch when the exception arrives, after the batch is logged. The process
     exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1. A second Ctrl-C stops at
-    once, without a checkpoint. Under DDP every process stops at the end of the epoch in which any of them got the
-    signal. On SLURM, Lightning answers SIGUSR1 itself (auto_requeue): a checkpoint from inside its handler, in the
-    middle of a step, and a requeue that resumes from it; here SIGUSR1 is taken over and stops as SIGTERM does.
+    once, without a checkpoint. Under DDP and FSDP2 every process stops after the step at which any of them was
+    asked to (`agreed`), and all save that step. On SLURM, Lightning answers SIGUSR1 itself (auto_requeue): a
+    checkpoint from inside its handler, in the middle of a step, and a requeue that resumes from it; here SIGUSR1 is
+    taken over and stops as SIGTERM does.
 
     A SIGKILL cannot be caught; the run then goes on from its last checkpoint. So that the logged curve has no gap
     up to it, the loggers are flushed with every checkpoint (TensorBoard's writer holds events for up to 2 minutes).
@@ -104,25 +140,17 @@ class GracefulStop(StopRequest, L.Callback):
         # Here, not earlier: the Trainer installs its own SIGTERM handler (and on SLURM, SIGUSR1's) just before.
         self.signal = signal.SIGTERM if trainer.received_sigterm else None  # one that came in between
         self.saved = None
-        self.when = "at the end of this epoch" if trainer.world_size > 1 else "after this batch"
         self.listen()  # the Trainer restores the previous handlers when it ends
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         # After an optimizer step: a checkpoint holds no accumulated gradients. Not on the epoch's last batch: the
-        # scheduler's epoch step and the validation belong to it. Not under DDP: its DistributedSampler cannot go
-        # on mid-epoch, and the processes must stop at the same batch.
+        # scheduler's epoch step and the validation belong to it.
         last = batch_idx + 1 == trainer.num_training_batches
-        if self.signal is not None and ends_window(trainer, batch_idx) and not last and trainer.world_size == 1:
+        if ends_window(trainer, batch_idx) and not last and self.agreed():
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        stop = self.signal is not None
-        if trainer.world_size > 1:  # DDP: every process stops when one of them was asked to
-            # Decided once for all: a signal that lands after this answer waits for the next epoch's end, or one
-            # process would save (a collective) and stop while the others go on.
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            self.signal = self.signal or signal.SIGTERM
+        if self.agreed(wait=True):
             self._save(trainer)
             self._stop(trainer)
 
