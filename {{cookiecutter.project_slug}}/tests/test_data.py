@@ -176,6 +176,30 @@ def test_a_loader_goes_on_mid_epoch_only_from_a_checkpoint_taken_mid_epoch():
     assert len(list(after)) == 6  # a whole new epoch, not the rest of one
 
 
+def test_a_distributed_share_goes_on_from_where_an_interrupted_run_stopped_with_the_same_seeds():
+    """Under DDP: a process's share of the epoch, which its DistributedSampler orders from its seed and epoch; a
+    resumed run skips what was handed out, and each index keeps its seed (the epoch's, not the position's)."""
+    sampler = torch.utils.data.DistributedSampler(range(50), num_replicas=2, rank=1, shuffle=True, seed=3)
+    sampler.set_epoch(4)
+    share = loaders.DistributedShare(sampler, seeded=True)
+    whole = list(share)
+    assert [index for index, _ in whole] == list(sampler)
+    share.start = 10
+    assert list(share) == whole[10:]  # the rest of the epoch, the same seeds
+    assert list(share) == whole  # the skip happens once: the next epoch is whole
+    sampler.set_epoch(5)
+    assert list(share) != whole  # another epoch: another order, other seeds
+
+
+def test_a_mid_epoch_checkpoint_is_refused_where_the_sampler_cannot_replay_its_order():
+    """DDP with use_distributed_sampler=False leaves a RandomSampler, whose order is not kept: refused in one line."""
+    dataset = loaders.TensorBatches(torch.zeros(40, 2), torch.zeros(40, dtype=torch.int64))
+    loader = loaders.ResumableLoader(dataset, batch_size=8, sampler=torch.utils.data.RandomSampler(dataset))
+    state = {"order": torch.tensor([]), "seeds": torch.tensor([]), "batches": 2, "epoch_done": False}
+    with pytest.raises(loaders.CheckpointError, match="whose order the RandomSampler cannot replay"):
+        loader.load_state_dict({**state, "processes": 1})
+
+
 # --- settings that cannot work ---
 
 

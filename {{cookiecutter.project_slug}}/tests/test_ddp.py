@@ -143,16 +143,24 @@ sys.path.insert(0, "%(root)s")
 # Imported, not run as __main__: Lightning's and Fabric's launchers start this file again for rank 1.
 script.run(importlib.import_module("%(entry)s").main)
 """
-# Who gets the signal. SIGUSR1: one process alone, rank 1 (a scheduler signals the processes one by one). SIGTERM:
-# torchrun's agent, which passes it on to its processes, and every process of Lightning's and Fabric's launchers.
+# Who gets the signal, the process of LOCAL_RANK 1 alone (a scheduler signals the processes one by one, and may stop
+# at one) or all of them, os.kill(0, ...), the process group; torchrun's agent for the plain loop, which passes it on.
 SIGNALS = {
-    "ddp": {side: ("1", "os.getpid()", "signal.SIGUSR1") for side in SIDES},
+    "ddp": {  # with DataLoader workers (DRAWING), which ignore SIGUSR1 (and Ctrl-C), not SIGTERM: docs/ddp.md
+        "lightning": ("1", "os.getpid()", "signal.SIGUSR1"),
+        "torch": ("0", "os.getppid()", "signal.SIGUSR1"),  # passed on, as the agent is told below
+        "fabric": ("0", "0", "signal.SIGUSR1"),
+    },
     "fsdp2": {
-        "lightning": ("0", "0", "signal.SIGTERM"),  # os.kill(0, ...): the process group, every process
-        "torch": ("0", "os.getppid()", "signal.SIGTERM"),  # the agent
-        "fabric": ("0", "0", "signal.SIGTERM"),
+        "lightning": ("0", "0", "signal.SIGTERM"),
+        "torch": ("0", "os.getppid()", "signal.SIGTERM"),
+        "fabric": ("1", "os.getpid()", "signal.SIGUSR1"),
     },
 }
+SIGUSR1_TOO = ["--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]  # torchrun passes these on
+# Under DDP, a sample's random draws (dropout on the inputs, as augmentation) in a worker that persists: each sample
+# draws from its own seed, which the resumed run draws again (DistributedShare).
+DRAWING = ["--data.augment=torch.nn.functional.dropout", "--data.num_workers=1", "--data.persistent_workers=true"]
 ENTRY = {
     "lightning": ["train.py", "fit", *DDP, *LIGHTNING],
     "torch": ["train_torch.py"],
@@ -172,16 +180,17 @@ def signalling(cwd: Path, side: str, rank: str, target: str, signum: str) -> str
 def test_a_signal_under_ddp_stops_every_process_mid_epoch_and_resuming_gives_the_uninterrupted_run(strategy, tmp_path):
     """SIGUSR1 to one process, or SIGTERM to all (through torchrun's agent for the plain loop): the processes agree
     to stop after the same step, in the middle of epoch 1, save it and exit with the signal's code; `--ckpt_path
-    last` goes on bit-identically, each process with the rest of its share of the epoch. Under DDP and under FSDP2,
-    whose processes gather the checkpoint from their shards. One uninterrupted run for the three: the loops compute
-    the same run (the test above, and tests/test_fsdp2.py)."""
-    args = [f"--trainer.strategy={strategy}", *LONGER, DROPOUT]
+    last` goes on bit-identically, each process with the rest of its share of the epoch, its samples' random draws
+    too (under DDP, from a worker). Under DDP and under FSDP2, whose processes gather the checkpoint from their
+    shards. One uninterrupted run for the three: the loops compute the same run (the test above, and
+    tests/test_fsdp2.py)."""
+    args = [f"--trainer.strategy={strategy}", *LONGER, DROPOUT, *(DRAWING if strategy == "ddp" else [])]
     expected = launch([*COMMANDS["torch"], *args], tmp_path / "reference", "torch")
     for side in SIDES:
         cwd = tmp_path / side
         cwd.mkdir()
         rank, target, signum = SIGNALS[strategy][side]
-        launcher = TORCHRUN if side == "torch" else [sys.executable]
+        launcher = [*TORCHRUN, *SIGUSR1_TOO] if side == "torch" else [sys.executable]
         done = finished([*launcher, signalling(cwd, side, rank, target, signum), *ENTRY[side][1:], *args], cwd)
         assert done.returncode != 0, f"{side} finished before the signal"
         name = signum.removeprefix("signal.")

@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from {{ cookiecutter.package_name }}.boundary import BoundaryAnimation, DecisionBoundary
 from {{ cookiecutter.package_name }}.data import DataError, SpiralDataModule
-from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint, check_shapes
+from {{ cookiecutter.package_name }}.machinery.checkpoints import CheckpointError, adopt_checkpoint, check_shapes, plain
 from {{ cookiecutter.package_name }}.machinery.cli import (
     LightningParser,
     Parser,
@@ -42,16 +42,10 @@ from {{ cookiecutter.package_name }}.machinery.cli import (
     settings_problem,
 )
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
-from {{ cookiecutter.package_name }}.machinery.plain_run import (
-    DEVICES,
-    NoWriter,
-    PlainRun,
-    launched_by_torchrun,
-    next_version,
-    process_group,
-)
+from {{ cookiecutter.package_name }}.machinery.loaders import launched_by_torchrun
+from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, NoWriter, PlainRun, next_version, process_group
 from {{ cookiecutter.package_name }}.machinery.sharding import FabricFSDP2, ShardingError
-from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest
+from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest, resume_command
 from {{ cookiecutter.package_name }}.model import shard
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -341,13 +335,17 @@ def loop_settings(config: Namespace) -> Namespace:
     )
 
 
+SECTIONS = ("model", "data")  # the config's settings a checkpoint keeps: hyper_parameters, datamodule_hyper_parameters
+
+
 def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None, lead: bool) -> dict:
     """A PlainRun's (or FabricRun's) settings but its writer and device; `lead`: rank 0, or the only process, which
     alone draws the animation (under FSDP2 every process draws, the sharded model's forward needs them all)."""
     boundary = BoundaryAnimation(**config.boundary)
     boundary.switch_off_if_undrawable(data.val_set, say=lead)
     return dict(
-        hparams={"model": config.model.as_dict(), "data": config.data.as_dict()},
+        # A function (data.augment) by its import path, as Lightning keeps it: torch.load(weights_only=True) reads it.
+        hparams={section: {key: plain(value) for key, value in vars(config[section]).items()} for section in SECTIONS},
         log_every_n_steps=config.trainer.log_every_n_steps,
         progress_bar=lead and config.trainer.enable_progress_bar is not False,
         boundary=boundary if lead or config.trainer.strategy == "fsdp2" else None,
@@ -381,10 +379,9 @@ def stopping(script: str, log_dir: Path, lead: bool) -> Iterator[StopRequest]:
     except (NonFiniteLossError, CheckpointError, ShardingError) as error:
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
-        launcher = "torchrun <its options>" if launched_by_torchrun() else "python"
-        command = f"{launcher} {script} --config {log_dir / 'config.yaml'} --ckpt_path {checkpoint}"
-        where = f"step {stopped.step} (epoch {stopped.epoch})"
         if lead:
+            where = f"step {stopped.step} (epoch {stopped.epoch})"
+            command = resume_command(script, log_dir / "config.yaml", checkpoint)
             print(f"{stopped.signal.name}: saved {checkpoint} at {where}; resume with: {command}", file=sys.stderr)
         sys.exit(128 + stopped.signal)
     finally:

@@ -12,6 +12,7 @@
   with other settings than the run asks for, is refused in one line; otherwise the run takes its settings.
 """
 
+import inspect
 import os
 import zipfile
 from collections.abc import Callable
@@ -229,7 +230,10 @@ def adopt_checkpoint(
 
 
 def plain(value: Any) -> Any:
-    """A setting as a checkpoint keeps it: a network's or dataset's Namespace as a dict."""
+    """A setting as a checkpoint keeps it: a network's or dataset's Namespace as a dict, a function (data.augment)
+    as its import path."""
+    if inspect.isfunction(value):
+        return f"{value.__module__}.{value.__qualname__}"
     return value.as_dict() if isinstance(value, Namespace) else value
 
 

@@ -8,9 +8,10 @@ the same order, with the same random draws in them, and that an interrupted run 
 - `DistributedShare`: under DDP and FSDP2, a process's share of an epoch, seeded, from where a resumed run goes on.
 - `Pinned`: the training samples, each drawing its random numbers (augmentation) from a seed of its own.
 - `TensorBatches`: one indexing per batch instead of one per point: the same tensors, several times faster.
-- `with_sampler`, `distributed`: what Lightning does under DDP, for the plain loop.
+- `with_sampler`, `distributed`, `launched_by_torchrun`: what Lightning does under DDP, for the plain loop.
 """
 
+import os
 import random
 import signal
 from collections.abc import Callable, Iterator
@@ -76,8 +77,8 @@ class DistributedShare(Sampler):
 
     The DistributedSampler (Lightning's, Fabric's or the plain loop's) decides the order from its seed and epoch: a
     resumed run draws it again, and `start` skips what the interrupted run handed out. The samples' seeds come from
-    the same seed and epoch, drawn after the order as EpochShuffle draws them: the same in every loop, whatever the
-    number of workers, before and after an interruption.
+    the same seed and epoch: the same in every loop, whatever the number of workers, before and after an
+    interruption.
     """
 
     def __init__(self, sampler: DistributedSampler, seeded: bool):
@@ -91,9 +92,7 @@ class DistributedShare(Sampler):
         if not self.seeded:
             return iter(indices)
         generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)  # as the sampler's order
-        size = len(self.sampler.dataset)
-        torch.randperm(size, generator=generator)  # the order, drawn first
-        seeds = torch.randint(2**62, (size,), generator=generator).tolist()
+        seeds = torch.randint(2**62, (len(self.sampler.dataset),), generator=generator).tolist()
         return iter([(index, seeds[index]) for index in indices])
 
 
@@ -142,31 +141,50 @@ class ResumableLoader(DataLoader):
         order, seeds = (torch.tensor(getattr(self.sampler, key, []), dtype=torch.int64) for key in ("order", "seeds"))
         # Whether the epoch was done, said outright: a run with another number of processes counts other batches.
         done = self.batches == len(self)
-        processes = getattr(self.sampler, "num_replicas", 1)
-        return {"order": order, "seeds": seeds, "batches": self.batches, "epoch_done": done, "processes": processes}
+        epoch = getattr(self.sampler, "epoch", 0)  # a DistributedSampler's
+        state = {"order": order, "seeds": seeds, "batches": self.batches, "epoch_done": done}
+        return {**state, "processes": processes(), "epoch": epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Go on with the saved epoch on the next iter(), or, when it was complete, with the next epoch."""
         self.resumed = True
         batches = int(state_dict["batches"])
         self._resume_at = 0 if state_dict["epoch_done"] else batches
+        if isinstance(self.sampler, DistributedSampler):
+            # The epoch to go on with, before iter(): Lightning's workers ask for indices before it sets the epoch.
+            self.sampler.set_epoch(int(state_dict.get("epoch", 0)) + (not self._resume_at))
         if not self._resume_at:
             return
-        saved, processes = int(state_dict.get("processes", 1)), getattr(self.sampler, "num_replicas", 1)
-        if saved != processes:  # the processes' shares of the epoch are other ones
+        saved = int(state_dict.get("processes", 1))
+        if saved != processes():  # the processes' shares of the epoch are other ones
             raise CheckpointError(
                 f"the checkpoint stopped {batches} batches into an epoch of a run in {saved} process(es); it goes on "
-                f"in {saved}, not {processes} (a checkpoint from an epoch's end goes on in any number)"
+                f"in {saved}, not {processes()} (a checkpoint from an epoch's end goes on in any number)"
             )
         if isinstance(self.sampler, EpochShuffle):
             order, seeds = state_dict["order"].tolist(), state_dict["seeds"].tolist()
             self.sampler.replay(order, seeds, start=batches * self.batch_size)
+        elif not isinstance(self.sampler, DistributedSampler):  # DDP with use_distributed_sampler=False: no order kept
+            raise CheckpointError(
+                f"the checkpoint stopped {batches} batches into an epoch whose order the {type(self.sampler).__name__} "
+                "cannot replay; go on from an epoch's end"
+            )
 
 
 def distributed() -> bool:
     """Whether this process is one of several that train together (DDP: `torchrun`, Trainer(strategy="ddp"))."""
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def processes() -> int:
+    """How many processes train together: 1, or under DDP and FSDP2 the world's size."""
+    return torch.distributed.get_world_size() if distributed() else 1
+
+
+def launched_by_torchrun() -> bool:
+    # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts; Lightning's and Fabric's launchers don't
+    return "LOCAL_WORLD_SIZE" in os.environ
 
 
 def with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
@@ -187,7 +205,8 @@ def with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
 def ignore_interrupts(worker_id: int) -> None:
     """In each DataLoader worker: a terminal sends Ctrl-C to every process of the job (and SLURM its SIGUSR1 to every
     process of a job step), and a worker that died of it would fail the main process's graceful stop. The main
-    process decides, then shuts the workers down: SIGTERM keeps its default, whatever handler the worker inherited."""
+    process decides, then shuts the workers down: SIGTERM keeps its default, whatever handler the worker inherited
+    (Python's multiprocessing ends the workers left at exit with it, and waits for them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -35,7 +35,7 @@ from torchmetrics import Metric, MetricCollection
 from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import atomic_save, rng_state, set_rng_state
-from {{ cookiecutter.package_name }}.machinery.loaders import distributed, with_sampler
+from {{ cookiecutter.package_name }}.machinery.loaders import distributed, launched_by_torchrun, with_sampler
 from {{ cookiecutter.package_name }}.machinery.sharding import (
     check_optimizer,
     load_whole_state,
@@ -220,11 +220,6 @@ def device_for(accelerator: str) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-
-
-def launched_by_torchrun() -> bool:
-    # torchrun sets it, with RANK and WORLD_SIZE, in every process it starts; Lightning's and Fabric's launchers don't
-    return "LOCAL_WORLD_SIZE" in os.environ
 
 
 @contextmanager

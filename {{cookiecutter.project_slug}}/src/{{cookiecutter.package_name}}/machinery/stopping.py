@@ -20,7 +20,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from {{ cookiecutter.package_name }}.machinery.lightning_internals import ask_trainer_to_stop
-from {{ cookiecutter.package_name }}.machinery.loaders import distributed
+from {{ cookiecutter.package_name }}.machinery.loaders import distributed, launched_by_torchrun
 from {{ cookiecutter.package_name }}.machinery.script import stop_at_once
 
 
@@ -73,7 +73,10 @@ class StopRequest:
             stop_at_once(signum, frame)
         self.signal = signal.Signals(signum)
         if self.said:
-            print(f"\n{self.signal.name}: stopping after this batch (Ctrl-C again: at once)", file=sys.stderr)
+            # Under DDP the processes agree on the step first (agreed); torchrun's processes get no second Ctrl-C.
+            when = "after one or two more steps" if distributed() else "after this batch"
+            again = "" if launched_by_torchrun() else " (Ctrl-C again: at once)"
+            print(f"\n{self.signal.name}: stopping {when}{again}", file=sys.stderr)
 
     def agreed(self, wait: bool = False) -> bool:
         """Whether to stop here: a signal came to this process, or, under DDP and FSDP2, to any of the processes.
@@ -82,28 +85,36 @@ class StopRequest:
         the same signal (the highest-numbered of those that came), so that all save the same step and exit alike: a
         scheduler may signal one process first, or one alone. The vote is an all-reduce of one number on the CPU,
         over a gloo group of its own, so that on GPUs it waits for no GPU work (unchecked on GPUs). It is read at
-        the next call, while the next step computes: the processes stop one step after a signal is noted. With
-        `wait` (at an epoch's end), or when the answer is to stop, it is read at once, and none is left pending.
+        the next call, while the next step computes: the processes stop one or two steps after a signal came. With
+        `wait` (at an epoch's end) it is read at once, and none is left pending.
         """
         if not distributed():
             return self.signal is not None
         if self._group is None:
             self._group = dist.new_group(backend="gloo")
-        answer = 0
-        if self._pending is not None:
-            work, vote = self._pending
-            work.wait()
-            answer, self._pending = int(vote), None
-        vote = torch.tensor(self.signal or 0)
-        work = dist.all_reduce(vote, dist.ReduceOp.MAX, group=self._group, async_op=True)
-        if wait or answer:
-            work.wait()
-            answer = max(answer, int(vote))
-        else:
-            self._pending = (work, vote)
+        answer = self._read()  # the previous call's vote
+        if not answer:
+            vote = torch.tensor(self.signal or 0)
+            self._pending = (dist.all_reduce(vote, dist.ReduceOp.MAX, group=self._group, async_op=True), vote)
+            if wait:
+                answer = self._read()
         if answer:
             self.signal = signal.Signals(answer)
         return bool(answer)
+
+    def _read(self) -> int:
+        """The pending vote's result, once every process has voted; 0 where none is pending."""
+        if self._pending is None:
+            return 0
+        (work, vote), self._pending = self._pending, None
+        work.wait()
+        return int(vote)
+
+
+def resume_command(script: str, config: Path, checkpoint: Path) -> str:
+    """The command that goes on from `checkpoint`, with the run's `config` where there is one."""
+    launcher = "torchrun <its options>" if launched_by_torchrun() else "python"
+    return f"{launcher} {script} {f'--config {config} ' if config.is_file() else ''}--ckpt_path {checkpoint}"
 
 
 class StoppedBySignal(Exception):
@@ -178,8 +189,7 @@ class GracefulStop(StopRequest, L.Callback):
         if self.saved is None:
             self._save(trainer)
         exception.code = 128 + self.signal  # the exit status of the SystemExit Lightning re-raises
-        config = Path(trainer.log_dir or ".") / "config.yaml"
-        command = f"python train.py fit {f'--config {config} ' if config.is_file() else ''}--ckpt_path {self.saved}"
+        command = resume_command("train.py fit", Path(trainer.log_dir or ".") / "config.yaml", self.saved)
         if trainer.is_global_zero:
             print(
                 f"{self.signal.name}: saved {self.saved} at step {trainer.global_step} (epoch {trainer.current_epoch});"
