@@ -40,11 +40,15 @@ from conftest import (
 )
 
 DDP = ["--trainer.strategy=ddp", *TWO_PROCESSES]
-COMMANDS = {
-    "lightning": [sys.executable, str(ROOT / "train.py"), "fit", *DDP, *LIGHTNING],
-    "torch": [*TORCHRUN, str(ROOT / "train_torch.py")],
-    "fabric": [sys.executable, str(ROOT / "train_fabric.py"), *DDP],
+# Each loop's entry point with its flags, and what launches it: Lightning and Fabric start their second process
+# themselves, torchrun the plain loop's two.
+ENTRY = {
+    "lightning": ["train.py", "fit", *DDP, *LIGHTNING],
+    "torch": ["train_torch.py"],
+    "fabric": ["train_fabric.py", *DDP],
 }
+LAUNCHER = {"lightning": [sys.executable], "torch": TORCHRUN, "fabric": [sys.executable]}
+COMMANDS = {side: [*LAUNCHER[side], str(ROOT / script), *flags] for side, (script, *flags) in ENTRY.items()}
 SIDES = tuple(COMMANDS)
 TAGS = {"train/loss", "train/lr", "val/loss", "val/acc"}  # what the essay's experiment logs, at least
 
@@ -161,11 +165,6 @@ SIGUSR1_TOO = ["--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]  # t
 # Under DDP, a sample's random draws (dropout on the inputs, as augmentation) in a worker that persists: each sample
 # draws from its own seed, which the resumed run draws again (DistributedShare).
 DRAWING = ["--data.augment=torch.nn.functional.dropout", "--data.num_workers=1", "--data.persistent_workers=true"]
-ENTRY = {
-    "lightning": ["train.py", "fit", *DDP, *LIGHTNING],
-    "torch": ["train_torch.py"],
-    "fabric": ["train_fabric.py", *DDP],
-}
 
 
 def signalling(cwd: Path, side: str, rank: str, target: str, signum: str) -> str:
@@ -190,7 +189,7 @@ def test_a_signal_under_ddp_stops_every_process_mid_epoch_and_resuming_gives_the
         cwd = tmp_path / side
         cwd.mkdir()
         rank, target, signum = SIGNALS[strategy][side]
-        launcher = [*TORCHRUN, *SIGUSR1_TOO] if side == "torch" else [sys.executable]
+        launcher = [*LAUNCHER[side], *(SIGUSR1_TOO if side == "torch" else [])]
         done = finished([*launcher, signalling(cwd, side, rank, target, signum), *ENTRY[side][1:], *args], cwd)
         assert done.returncode != 0, f"{side} finished before the signal"
         name = signum.removeprefix("signal.")
