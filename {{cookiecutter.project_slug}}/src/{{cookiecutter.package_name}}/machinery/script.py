@@ -48,6 +48,22 @@ def one_line_errors() -> Iterator[None]:
         signal.signal(signal.SIGINT, stop_at_once)  # while the process ends: no traceback from its last steps
 
 
+def holding_off_sigterm_on_error(main):
+    """main(), which on an error ignores SIGTERM from then on, while @record writes the error's file and the process
+    exits. Under torchrun, when a process fails, the agent sends SIGTERM to the others, which fail too when a
+    collective loses its peer: one killed in the middle of writing its error file leaves it empty, and the agent,
+    which reads it, fails with a JSONDecodeError instead of restarting the processes."""
+
+    def guarded():
+        try:
+            return main()
+        except Exception:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise
+
+    return guarded
+
+
 def run(main) -> None:
     """main() on one thread (unless OMP_NUM_THREADS says), what escapes it said in one line. Under torchrun, an
     error's traceback is also recorded for torchrun's report of the failed process (torch's @record)."""
@@ -57,7 +73,7 @@ def run(main) -> None:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # these small models train fastest on one thread: docs/performance.md
     with one_line_errors():
-        record(main)()
+        record(holding_off_sigterm_on_error(main))()
         # Under DDP and FSDP2: the process group before the exit, main()'s DDP wrapper gone with main(); then what
         # main() made (Lightning's objects hold one another), the sharded model with them. A group, or a model that
         # holds one, left to the exit may abort the process from its threads.
