@@ -15,14 +15,18 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 from torch.utils.tensorboard import SummaryWriter
+
+from {{ cookiecutter.package_name }}.machinery.stopping import STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # train.py and train_torch.py
@@ -193,9 +197,10 @@ CHECKPOINT = {"lightning": "last.ckpt", "torch": "last.pt", "fabric": "last.pt"}
 SCALER = {"lightning": "MixedPrecision", "torch": "scaler", "fabric": "scaler"}
 
 
-def final_state(side: str, directory: Path) -> dict:
-    """The final weights, optimizer, scheduler and GradScaler state in a run's checkpoint, named alike for both."""
-    checkpoint = torch.load(directory / "checkpoints" / CHECKPOINT[side], weights_only=True)
+def final_state(side: str, directory: Path, name: str | None = None) -> dict:
+    """The final weights, optimizer, scheduler and GradScaler state in a run's checkpoint (or in checkpoints/`name`),
+    named alike for both."""
+    checkpoint = torch.load(directory / "checkpoints" / (name or CHECKPOINT[side]), weights_only=True)
     if side != "lightning":
         return {key: checkpoint[key] for key in ("model", "optimizer", "scheduler", SCALER[side])}
     weights = {name.removeprefix("net."): tensor for name, tensor in checkpoint["state_dict"].items()}
@@ -288,3 +293,88 @@ def differences(a, b, path: str = "", skip: frozenset = frozenset()) -> list[str
             return [f"{path} length {len(a)} != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]", skip)]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+class SendAt:
+    """Sends `signum` to this process from inside the `step`-th call (counted from 0) of what it is hooked to: by
+    default the optimizer step."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step, self.calls = signum, step, 0
+
+    def __call__(self, *hooked) -> None:
+        if self.calls == self.step:
+            os.kill(os.getpid(), self.signum)  # Python runs the handler here, before Adam updates a weight
+        self.calls += 1
+
+
+def register_backward_pre_hook(hook) -> types.SimpleNamespace:
+    """register_optimizer_step_pre_hook's like for Tensor.backward: `hook` runs before every backward."""
+    original = torch.Tensor.backward
+
+    def backward(tensor, *args, **kwargs):
+        hook(tensor, args, kwargs)
+        return original(tensor, *args, **kwargs)
+
+    torch.Tensor.backward = backward
+    return types.SimpleNamespace(remove=lambda: setattr(torch.Tensor, "backward", original))
+
+
+def interrupted(
+    side: str, args: list[str], signum: int, step: int, capsys, register=register_optimizer_step_pre_hook
+) -> tuple[int | str, str]:
+    """Run with `signum` arriving in the step-th optimizer step (or what `register` hooks); the exit code and the
+    last line on stderr."""
+    handle = register(SendAt(signum, step))
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        with pytest.raises(SystemExit) as stop:
+            fit(side, args)
+    finally:
+        handle.remove()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    shut_down_workers()  # the stopped run's, before the next run starts its own
+    # TensorBoard reads a run's event files in the order of their names: the second each was opened, then a count
+    # of the process's writers, compared as text ("...17.10" before "...17.9"). A resumed run in this process must
+    # open its file in a later second, as a resumed run in a new process does.
+    time.sleep(1 - time.time() % 1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    return stop.value.code, lines[-1] if lines else ""
+
+
+# --- SIGKILL at random moments, as a pre-empted job or the out-of-memory killer would ---
+
+
+def newest_write(path: Path) -> float:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def kill_and_resume(script: str, args: list[str], cwd: Path, checkpoint: str, kills: int, seed: int) -> list[str]:
+    """SIGKILL the run at a random moment after each new checkpoint, `kills` times; resume each time with
+    `--ckpt_path last`; then let it finish. Returns what happened, for the assertion messages."""
+    rng, history = random.Random(seed), []
+    for attempt in range(kills + 1):
+        path = next((cwd / "logs").glob(f"*/version_*/checkpoints/{checkpoint}"), None)
+        written = newest_write(path) if path else 0
+        resume = ["--ckpt_path=last"] if path else []
+        command = [sys.executable, str(ROOT / script), *args, *resume]
+        process = started(command, cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < kills:
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:  # until it writes a checkpoint
+                path = next((cwd / "logs").glob(f"*/version_*/checkpoints/{checkpoint}"), None)
+                if path and newest_write(path) != written:
+                    break
+                time.sleep(0.02)
+            delay = rng.uniform(0, 0.5)
+            time.sleep(delay)
+            process.kill()
+        _, stderr = ended(process)
+        how = f"killed {delay:.2f}s after a checkpoint" if attempt < kills else "to the end"
+        history.append(f"run {attempt}: exit {process.returncode}, {how}")
+        if attempt < kills and process.returncode != -signal.SIGKILL:
+            assert process.returncode == 0, stderr.decode()[-3000:]
+            break  # it finished before the kill
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    return history

@@ -43,9 +43,11 @@ from {{ cookiecutter.package_name }}.machinery.cli import (
 )
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
 from {{ cookiecutter.package_name }}.machinery.loaders import launched_by_torchrun
+from {{ cookiecutter.package_name }}.machinery.monitor import IMPLEMENTED, PLAIN, not_implemented
 from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, NoWriter, PlainRun, next_version, process_group
 from {{ cookiecutter.package_name }}.machinery.sharding import FabricFSDP2, ShardingError
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest, resume_command
+from {{ cookiecutter.package_name }}.machinery.trackers import Track, Trackers, TrackersLogger, TrackingError
 from {{ cookiecutter.package_name }}.model import shard
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -79,7 +81,7 @@ class CLI(LightningCLI):
             log_dir = self.trainer.log_dir  # under DDP, every process asks rank 0
             if self.trainer.is_global_zero and log_dir is not None:
                 print(f"logs: {log_dir}")
-        except (DataError, CheckpointError, NonFiniteLossError) as error:
+        except (DataError, CheckpointError, NonFiniteLossError, TrackingError) as error:
             sys.exit(f"error: {error}")
         finally:
             # Under DDP: a process group left to the exit may abort the process from its threads.
@@ -88,6 +90,7 @@ class CLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(DecisionBoundary, "boundary")
+        parser.add_class_arguments(Track, "track")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -95,6 +98,7 @@ class CLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         refuse(settings_problem(config))  # before LightningCLI seeds; the other rungs refuse the same
+        self.resumed = None  # the checkpoint a fit goes on from, for the trackers
         logger = config.trainer.logger
         if not logger:
             self.save_config_callback = None  # no logs: no run directory to keep it in
@@ -160,6 +164,7 @@ class CLI(LightningCLI):
         number = run.name.removeprefix("version_")
         logger.init_args.version = int(number) if number.isdigit() else run.name
         logger.init_args.purge_step = checkpoint["global_step"]
+        self.resumed = {"step": checkpoint["global_step"], "trackers": checkpoint.get("trackers", {})}
         # ModelCheckpoint warns that checkpoints/ is not empty: they are this run's own.
         not_empty = r"Checkpoint directory .* exists and is not empty"
         warnings.filterwarnings("ignore", not_empty, module="lightning.pytorch.callbacks.model_checkpoint")
@@ -185,8 +190,18 @@ class CLI(LightningCLI):
             ModelCheckpoint: trainer.enable_checkpointing is False,
         }
         off = tuple(kind for kind, is_idle in idle.items() if is_idle)
-        if off:
-            kwargs.setdefault("callbacks", [c for c in listed(trainer.callbacks) if not isinstance(c, off)])
+        callbacks = [c for c in listed(trainer.callbacks) if not isinstance(c, off)]
+        # A ModelCheckpoint with a monitor before the config's, which writes last.ckpt: last.ckpt then holds the best k
+        # files' record as the epoch left it, and a resumed run goes on with them (the other loops save in this order).
+        kwargs["callbacks"] = sorted(callbacks, key=lambda c: isinstance(c, ModelCheckpoint) and c.monitor is None)
+        if config.track.to and self.subcommand == "fit":  # the trackers beside trainer.logger, in its run directory
+            loggers = listed(trainer.logger)
+            settings = params(self.config[self.subcommand])
+
+            def open_trackers() -> Trackers:
+                return config.track.open(Path(loggers[0].log_dir), loggers[0].save_dir, settings, self.resumed)
+
+            kwargs["logger"] = [*loggers, TrackersLogger(open_trackers)]
         try:
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as error:
@@ -211,7 +226,7 @@ KEPT = {
     "benchmark": ANY,  # torch.backends.cudnn.benchmark, as the Trainer sets it
     "logger": ANY,  # parse() checks it is a TensorBoardLogger: where the loops log
     # What changes no number the loops compute.
-    "min_epochs": ANY,  # they only hold back an early stop, and no callback of the loops stops early
+    "min_epochs": ANY,  # they only hold back an early stop: refused beside an EarlyStopping (parse)
     "min_steps": ANY,
     "limit_test_batches": ANY,  # test and predict are train.py's alone
     "limit_predict_batches": ANY,
@@ -236,10 +251,12 @@ def refused_trainer_setting(trainer: Namespace, default: Namespace, kept: dict) 
     for key, value in vars(trainer).items():
         allowed = kept.get(key, [default[key]])
         if key == "callbacks":  # their settings (a progress bar's refresh rate) are the Trainer's own business
-            value, allowed = classes(value), [classes(default[key])]
+            # beside an EarlyStopping and a ModelCheckpoint with a monitor, which parse() checks
+            value = classes([callback for callback in listed(value) if callback not in monitored(value)])
+            allowed = [classes(default[key])]
         if allowed is not ANY and value not in allowed:
-            listed = "" if len(allowed) == 1 else f" (it takes {', '.join(map(repr, allowed))})"
-            return f"trainer.{key}={value!r}{listed}"
+            takes = "" if len(allowed) == 1 else f" (it takes {', '.join(map(repr, allowed))})"
+            return f"trainer.{key}={value!r}{takes}"
     return None
 
 
@@ -251,6 +268,39 @@ def listed(entry) -> list:
 def classes(callbacks) -> list[str]:
     """The class paths of a config's trainer.callbacks."""
     return [getattr(callback, "class_path", callback) for callback in listed(callbacks)]
+
+
+def monitored(callbacks) -> list[Namespace]:
+    """The EarlyStopping and the ModelCheckpoints with a monitor among a config's trainer.callbacks: what the plain and
+    Fabric loops do themselves (machinery/monitor.py)."""
+    found = [callback for callback in listed(callbacks) if getattr(callback, "class_path", None) in IMPLEMENTED]
+    return [callback for callback in found if callback.init_args.get("monitor") is not None]
+
+
+def monitored_problem(trainer: Namespace) -> str | None:
+    """What the loops would do otherwise than Lightning's EarlyStopping or ModelCheckpoint(monitor=...), named."""
+    found = monitored(trainer.callbacks)
+    kinds = [callback.class_path.rsplit(".", 1)[1] for callback in found]
+    if len(set(kinds)) < len(kinds):
+        return f"trainer.callbacks: {kinds}: one EarlyStopping and one ModelCheckpoint with a monitor at most"
+    for callback, kind in zip(found, kinds, strict=True):
+        problem = not_implemented(callback.class_path, vars(callback.init_args))
+        if problem is not None:
+            return f"trainer.callbacks: {kind}({problem})"
+    if "EarlyStopping" in kinds and (trainer.min_epochs or trainer.min_steps):
+        return "trainer.min_epochs and min_steps beside an EarlyStopping"
+    return None
+
+
+def params(config: Namespace) -> dict[str, str]:
+    """A run's settings as a tracker's parameters (MLflow's), flat: the seed, the model's and the data's, the trainer's
+    but its logger, callbacks and plugins; the same in the three loops."""
+    not_settings = ("logger", "callbacks", "plugins")
+    trainer = {key: value for key, value in vars(config.trainer).items() if key not in not_settings}
+    settings = Namespace(
+        seed_everything=config.seed_everything, model=config.model, data=config.data, trainer=Namespace(**trainer)
+    )
+    return {key.replace(".init_args", ""): str(plain(value)) for key, value in vars(settings.as_flat()).items()}
 
 
 def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namespace]:
@@ -265,6 +315,7 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
     parser.add_class_arguments(SpiralDataModule, "data")
     parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
     parser.add_class_arguments(BoundaryAnimation, "boundary")
+    parser.add_class_arguments(Track, "track")
     parser.add_argument(
         "--ckpt_path", type=str | None, default=None, help="last.pt to go on from, `last`, or `last-if-any`."
     )
@@ -275,6 +326,7 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
         parser.error(f"trainer.strategy={trainer.strategy!r}: the plain loop runs it under torchrun: {command}")
     kept = {**KEPT, **(KEPT_BY_FABRIC if fabric else KEPT_UNDER_TORCHRUN if launched_by_torchrun() else {})}
     refused = refused_trainer_setting(trainer, plain_numbers(parser.get_defaults()).trainer, kept)
+    refused = refused or monitored_problem(trainer)
     if refused is not None:
         parser.error(f"{refused} is not implemented by {loop}: docs/configuration.md says why; use train.py")
     problem = settings_problem(config)  # train.py refuses the same
@@ -349,8 +401,18 @@ def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None,
         log_every_n_steps=config.trainer.log_every_n_steps,
         progress_bar=lead and config.trainer.enable_progress_bar is not False,
         boundary=boundary if lead or config.trainer.strategy == "fsdp2" else None,
+        **{
+            PLAIN[c.class_path][0]: PLAIN[c.class_path][1](**vars(c.init_args))
+            for c in monitored(config.trainer.callbacks)
+        },
         resume=resume,
     )
+
+
+def open_trackers(config: Namespace, log_dir: Path, resume: dict | None) -> Trackers:
+    """The trackers of config's `track` for the plain or the Fabric loop's run in `log_dir`, going on from `resume`."""
+    save_dir = config.trainer.logger.init_args.save_dir
+    return Track(**config.track).open(log_dir, save_dir, params(config), resume)
 
 
 def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
@@ -376,7 +438,8 @@ def stopping(script: str, log_dir: Path, lead: bool) -> Iterator[StopRequest]:
         yield stop
     # CheckpointError: a mid-epoch checkpoint of another number of processes. ShardingError: an optimizer built
     # before shard().
-    except (NonFiniteLossError, CheckpointError, ShardingError) as error:
+    # TrackingError: a checkpoint's MLflow run that its store does not have.
+    except (NonFiniteLossError, CheckpointError, ShardingError, TrackingError) as error:
         sys.exit(f"error: {error}")
     except StoppedBySignal as stopped:
         if lead:
@@ -413,9 +476,12 @@ def plain_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataModu
     with stopping("train_torch.py", log_dir, lead) as stop:
         # purge_step: TensorBoard drops what an interrupted run logged after its checkpoint; this run logs it anew.
         writing = SummaryWriter(log_dir, purge_step=resume and resume["step"]) if lead else nullcontext(NoWriter())
-        with process_group(config.trainer.accelerator) as device, writing as writer:
+        trackers = open_trackers(config, log_dir, resume) if lead else Trackers()  # CSV, MLflow: rank 0 logs
+        with process_group(config.trainer.accelerator) as device, writing as writer, trackers:
             checkpoint = log_dir / "checkpoints" / "last.pt" if lead else None
-            run = PlainRun(writer=writer, device=device, checkpoint=checkpoint, stop=stop, **settings)
+            run = PlainRun(
+                writer=writer, trackers=trackers, device=device, checkpoint=checkpoint, stop=stop, **settings
+            )
             yield data, loop_settings(config), run
     report(run, log_dir, lead)
 
@@ -442,6 +508,7 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
     resume, log_dir, data = prepare(parser, config, root)
     # purge_step: as plain_run's.
     logger = TensorBoardLogger(root, name="", version=log_dir.name, purge_step=resume and resume["step"])
+    tracked = TrackersLogger(partial(open_trackers, config, log_dir, resume))  # CSV, MLflow: opened on rank 0
     strategy, devices, num_nodes = trainer.strategy, trainer.devices, trainer.num_nodes
     if launched_by_torchrun():  # the processes torchrun started
         strategy, devices = "ddp" if strategy == "auto" else strategy, int(os.environ["LOCAL_WORLD_SIZE"])
@@ -453,16 +520,17 @@ def fabric_run(args: list[str] | None, doc: str) -> Iterator[tuple[SpiralDataMod
         num_nodes=num_nodes,
         precision=trainer.precision,
         plugins=[plugin(spec) for spec in listed(trainer.plugins)],
-        loggers=logger,
+        loggers=[logger, tracked],
     )
     fabric.launch()  # DDP: starts the other processes, each running train_fabric.py up to here
     lead = fabric.is_global_zero  # the others' log_dir (maybe another) is unused
     if lead:
         keep_config(parser, config, log_dir, resume)
     settings = run_settings(config, data, resume, lead)
-    with stopping("train_fabric.py", log_dir, lead) as stop:
+    with stopping("train_fabric.py", log_dir, lead) as stop, tracked.trackers as trackers:
         run = FabricRun(
             writer=logger.experiment,  # rank 0's SummaryWriter; on the others, a stand-in
+            trackers=trackers,  # what `tracked` logs to: flushed and kept in the checkpoint by the run
             device=fabric.device,
             checkpoint=log_dir / "checkpoints" / "last.pt",  # fabric.save writes it from rank 0
             stop=stop,

@@ -8,6 +8,10 @@ its Lightning counterpart:
 - stopping.py: Ctrl-C and SIGTERM after the batch, NaN losses at once; script.py: a second Ctrl-C at once, and the
   frame of the three scripts.
 - logger.py: Lightning's TensorBoardLogger, flushing when the plain loop's SummaryWriter does.
+- monitor.py: EarlyStopping and ModelCheckpoint(monitor=..., save_top_k=k) for the plain and Fabric loops, deciding
+  as Lightning's callbacks do.
+- trackers.py: a CSV file and MLflow beside TensorBoard (`track.to`), the same values from the three loops, resumed
+  runs going on in the same file and MLflow run.
 - plain_run.py: what the Trainer does around the plain loop: DDP, resuming, logging, checkpoints, stops;
   fabric_run.py: the same around the Fabric loop, through Fabric's calls.
 - cli.py: one-line errors, the settings every entry point refuses, a config's class_path made into its object.

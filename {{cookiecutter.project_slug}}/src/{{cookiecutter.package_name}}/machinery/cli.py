@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from {{ cookiecutter.package_name }}.machinery.lightning_internals import PYTREE_MODULE, JsonargparseDeprecationWarning
 from {{ cookiecutter.package_name }}.machinery.loaders import drawing_from
 from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, device_for
+from {{ cookiecutter.package_name }}.machinery.trackers import NEEDS
 
 
 class OneLineErrors:
@@ -93,6 +94,11 @@ def settings_problem(config: Namespace) -> str | None:
     if trainer.strategy == "fsdp2" and str(trainer.precision) in ("16-mixed", "16"):
         # Lightning's ModelParallelStrategy refuses it: no GradScaler for sharded gradients.
         return f"trainer.precision={trainer.precision!r} does not go with trainer.strategy='fsdp2': use bf16-mixed"
+    if config.track.to and trainer.logger in (None, False, True):
+        return f"track.to={config.track.to} writes beside trainer.logger's run directory; the config has no logger"
+    for tracker in config.track.to or ():
+        if NEEDS[tracker] is not None and not importable(NEEDS[tracker]):
+            return f'track.to: {tracker} is not installed; pip install -e ".[track]"'
     on_cpu = trainer.accelerator in DEVICES and device_for(trainer.accelerator).type == "cpu"
     if str(trainer.precision) in ("16-mixed", "16") and on_cpu:
         # Lightning would warn and train in bf16-mixed instead; the plain loop would train in fp16.
@@ -140,6 +146,14 @@ def quiet() -> None:
     warnings.filterwarnings(
         "ignore", "The dirpath has changed from", UserWarning, "lightning.pytorch.callbacks.model_checkpoint"
     )
+
+
+def importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def plain_numbers(value: Any) -> Any:

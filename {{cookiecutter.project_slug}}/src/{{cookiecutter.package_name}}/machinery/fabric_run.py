@@ -48,11 +48,15 @@ class FabricRun(PlainRun):
         rest = self.fabric.load(self.resume_path, {**objects, "loader": loader})
         set_rng_state(rest["rng"])
 
-    def _log(self, tag: str, value: float, step: int) -> None:
-        self.fabric.log(tag, value, step)  # rank 0 alone, as Fabric's loggers log
+    def _log(self, values: dict[str, float], step: int) -> None:
+        self.fabric.log_dict(values, step)  # to each of its loggers, rank 0's alone, as Fabric's loggers log
 
-    def _write(self, checkpoint: dict[str, Any]) -> None:
+    def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
         if not sharded(self._model):
-            self.fabric.save(self.checkpoint, checkpoint)  # rank 0 writes, through the AtomicCheckpointIO plugin
+            self.fabric.save(path, checkpoint)  # rank 0 writes, through the AtomicCheckpointIO plugin
         elif self.fabric.is_global_zero:  # fsdp2: fabric.save would write around the plugin (machinery/sharding.py)
-            self.fabric.strategy.checkpoint_io.save_checkpoint(checkpoint, self.checkpoint)
+            self.fabric.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+
+    def _delete(self, name: str) -> None:
+        if self.fabric.is_global_zero:  # the process that wrote it
+            super()._delete(name)

@@ -20,9 +20,9 @@ draws what the interrupted run would have drawn next.
 import os
 import traceback
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.machinery.checkpoints import atomic_save, rng_state, set_rng_state
 from {{ cookiecutter.package_name }}.machinery.loaders import distributed, launched_by_torchrun, with_sampler
+from {{ cookiecutter.package_name }}.machinery.monitor import BestK, EarlyStop
 from {{ cookiecutter.package_name }}.machinery.sharding import (
     check_optimizer,
     load_whole_state,
@@ -49,6 +50,7 @@ from {{ cookiecutter.package_name }}.machinery.stopping import (
     StoppedBySignal,
     StopRequest,
 )
+from {{ cookiecutter.package_name }}.machinery.trackers import Trackers
 
 
 @dataclass
@@ -57,12 +59,16 @@ class PlainRun:
 
     writer: Any  # a SummaryWriter: TensorBoardLogger's; NoWriter on the other processes of a DDP run
     hparams: dict[str, Any]  # the config's model and data settings, kept in the checkpoint
+    trackers: Trackers = field(default_factory=Trackers)  # CSV, MLflow: the config's other loggers (rank 0's)
     device: torch.device = torch.device("cpu")
     progress_bar: bool = True
     boundary: Any = None  # the DecisionBoundary callback: boundary.py's BoundaryAnimation
     checkpoint: Path | None = None  # last.pt, written at every epoch's end (ModelCheckpoint(save_last=True))
     resume: dict[str, Any] | None = None  # a checkpoint read back: Trainer.fit(ckpt_path=...)
     stop: StopRequest | None = None  # Ctrl-C, SIGTERM, SIGUSR1: the GracefulStop callback
+    early_stop: EarlyStop | None = None  # the EarlyStopping callback
+    best: BestK | None = None  # a ModelCheckpoint(monitor=..., save_top_k=k): the k best checkpoints
+    should_stop: bool = False  # Trainer.should_stop: set by early_stop, ends the run after the epoch
     step: int = 0  # optimizer steps so far: Trainer.global_step
     log_every_n_steps: int = 1  # Trainer(log_every_n_steps=...): train/loss at every n-th step
     _bar = None  # the progress bar, where there is one
@@ -99,6 +105,10 @@ class PlainRun:
         self._restore(model, optimizer, scheduler, scaler, data, loader)
         del self.resume["model"], self.resume["optimizer"]  # restored: under FSDP2 each process keeps its shard alone
         self.step = self.resume["step"]  # the fit loop's progress
+        # The callbacks' states, "callbacks" in Lightning's checkpoint: their counts and files go on.
+        for callback, key in ((self.early_stop, "early_stopping"), (self.best, "best")):
+            if callback is not None and self.resume.get(key):
+                callback.load_state_dict(self.resume[key])
         self._mid_epoch = not self.resume["loader"]["epoch_done"]  # stopped by a signal within the epoch
         return self.resume["epoch"]
 
@@ -113,12 +123,15 @@ class PlainRun:
         loader.load_state_dict(self.resume["loader"])  # the fit loop hands a stateful DataLoader its state
         set_rng_state(self.resume["rng"])  # ExactResume.on_load_checkpoint
 
-    def progress(self, epochs: range) -> Iterable[int]:
-        """The epochs, with a progress bar over all of them: the TQDMProgressBar callback."""
-        if not self.progress_bar:
-            return epochs
-        self._bar = tqdm(epochs, initial=epochs.start, total=epochs.stop, desc="fit", unit="epoch")
-        return self._bar
+    def progress(self, epochs: range) -> Iterator[int]:
+        """The epochs, with a progress bar over all of them (the TQDMProgressBar callback), until EarlyStopping asks
+        the run to stop (the fit loop, once Trainer.should_stop is set)."""
+        if self.progress_bar:
+            epochs = self._bar = tqdm(epochs, initial=epochs.start, total=epochs.stop, desc="fit", unit="epoch")
+        for epoch in epochs:
+            if self.should_stop:
+                return
+            yield epoch
 
     def epoch_start(self, epoch: int) -> int:
         """The fit loop at an epoch's start: DistributedSampler.set_epoch; LearningRateMonitor. The index of
@@ -126,7 +139,7 @@ class PlainRun:
         if isinstance(self._loader.sampler, DistributedSampler):
             self._loader.sampler.set_epoch(epoch)
         if not self._mid_epoch:  # resuming mid-epoch, Lightning skips on_train_epoch_start: logged already
-            self._log("train/lr", self._scheduler.get_last_lr()[0], self.step)
+            self._log({"train/lr": self._scheduler.get_last_lr()[0]}, self.step)
         first = self.resume["loader"]["batches"] if self._mid_epoch else 0
         self._mid_epoch = False
         return first
@@ -151,7 +164,7 @@ class PlainRun:
             return
         self._loss = loss  # for the progress bar
         if (self.step + 1) % self.log_every_n_steps == 0:  # the logger connector's should_update_logs
-            self._log("train/loss", loss.item(), self.step)  # the window's last batch's loss
+            self._log({"train/loss": loss.item()}, self.step)  # the window's last batch's loss
         self.step += 1
         # Not the epoch's last batch: the scheduler's step and the validation belong to it (epoch_end stops then).
         if self.stop is not None and self._loader.batches < len(self._loader) and self.stop.agreed():
@@ -164,8 +177,7 @@ class PlainRun:
         loss = val_loss.compute()
         values = {"val/loss": loss, **val_metrics.compute()}
         # Lightning logs epoch metrics at the step of the epoch's last optimizer step.
-        for tag, value in values.items():
-            self._log(tag, value.item(), self.step - 1)
+        self._log({tag: value.item() for tag, value in values.items()}, self.step - 1)
         if self._bar is not None:  # the latest values, as TQDMProgressBar shows them
             shown = {"train/loss": self._loss, **values}
             self._bar.set_postfix({tag: f"{value.item():.3f}" for tag, value in shown.items()})
@@ -175,12 +187,20 @@ class PlainRun:
             self.boundary.draw(self._model, self._data.val_set, epoch, loss.item(), self.writer, self.step - 1)
         val_loss.reset()
         val_metrics.reset()
-        self._save(epoch + 1)
+        if self.early_stop is not None:  # EarlyStopping.on_train_epoch_end
+            self.should_stop = self.early_stop.update(values, epoch)
+        # ModelCheckpoint(monitor=..., save_top_k=k) keeps this epoch's checkpoint or not, then the checkpoint of the
+        # config's ModelCheckpoint, last.pt (train.py runs them in this order too).
+        kept, dropped = self.best.update(values, epoch, self.step) if self.best is not None else (None, None)
+        self._save(epoch + 1, kept)
+        if dropped is not None:
+            self._delete(dropped)
         if self.stop is not None and self.stop.agreed(wait=True):
             raise StoppedBySignal(self.stop.signal, self.step, epoch)
 
-    def _save(self, epoch_to_go_on_in: int) -> None:
-        """Trainer.save_checkpoint, through AtomicCheckpointIO; the plain loop's keys for Lightning's."""
+    def _save(self, epoch_to_go_on_in: int, kept: str | None = None) -> None:
+        """Trainer.save_checkpoint, through AtomicCheckpointIO, to last.pt (and to `kept`, one of the best k, in its
+        directory); the plain loop's keys for Lightning's."""
         if self.checkpoint is None and not sharded(self._model):
             return
         model, optimizer = whole_state(self._model, self._optimizer)  # FSDP2: gathered, by every process
@@ -197,15 +217,30 @@ class PlainRun:
             "loader": self._loader.state_dict(),  # the fit loop's "combined_loader": order and position
             "rng": rng_state(),  # ExactResume.on_save_checkpoint
             "hparams": self.hparams,  # "hyper_parameters", "datamodule_hyper_parameters"
+            "trackers": self.trackers.state(),  # GracefulStop.on_save_checkpoint: the MLflow run to go on in
+            "early_stopping": self.early_stop and self.early_stop.state_dict(),  # its "callbacks" entries
+            "best": self.best and self.best.state_dict(),
         }
-        self._write(checkpoint)
-        self.writer.flush()  # GracefulStop.on_save_checkpoint: a killed run's curve has no gap up to here
+        # GracefulStop.on_save_checkpoint, before the file is written: a killed run's curves have no gap up to here
+        self.writer.flush()
+        self.trackers.flush()
+        if kept is not None:
+            self._write(checkpoint, self.checkpoint.parent / kept)
+        self._write(checkpoint, self.checkpoint)
 
-    def _log(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)  # TensorBoardLogger.log_metrics
+    def _log(self, values: dict[str, float], step: int) -> None:
+        """self.log_dict: to every logger, one call of its log_metrics."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)  # TensorBoardLogger.log_metrics
+        self.trackers.log(values, step)
 
-    def _write(self, checkpoint: dict[str, Any]) -> None:
-        atomic_save(checkpoint, self.checkpoint)  # AtomicCheckpointIO.save_checkpoint
+    def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
+        atomic_save(checkpoint, path)  # AtomicCheckpointIO.save_checkpoint
+
+    def _delete(self, name: str) -> None:
+        """A checkpoint no longer among the best k: ModelCheckpoint._remove_checkpoint."""
+        if self.checkpoint is not None:
+            (self.checkpoint.parent / name).unlink()
 
 
 # --- the processes of a run ---

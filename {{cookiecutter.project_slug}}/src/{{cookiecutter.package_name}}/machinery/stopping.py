@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from {{ cookiecutter.package_name }}.machinery.lightning_internals import ask_trainer_to_stop
 from {{ cookiecutter.package_name }}.machinery.loaders import distributed, launched_by_torchrun
 from {{ cookiecutter.package_name }}.machinery.script import stop_at_once
+from {{ cookiecutter.package_name }}.machinery.trackers import TrackersLogger
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,8 +172,11 @@ class GracefulStop(StopRequest, L.Callback):
         ask_trainer_to_stop(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["trackers"] = {}  # the MLflow run a resumed fit goes on in
         for logger in trainer.loggers:
             getattr(logger, "flush", logger.save)()  # machinery/logger.py's flush; Lightning's save flushes too
+            if isinstance(logger, TrackersLogger):
+                checkpoint["trackers"] = logger.trackers.state()
 
     def _save(self, trainer: L.Trainer) -> None:
         checkpoint_callback = trainer.checkpoint_callback

@@ -1,0 +1,150 @@
+"""EarlyStopping and ModelCheckpoint(monitor=..., save_top_k=k) make the same decisions in the three loops: the same
+stop epoch, the same k files kept, the same weights in each, the same state for a resumed run to go on with; and
+they still do after an interruption. The plain and Fabric loops' versions: machinery/monitor.py.
+"""
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.machinery import monitor
+
+from conftest import (
+    CHECKPOINT,
+    DROPOUT,
+    QUIET,
+    differences,
+    event_scalars,
+    final_state,
+    fit,
+    interrupted,
+    mismatches,
+)
+
+PATIENCE, K, MAX_EPOCHS = 2, 2, 30
+# 360 training points in batches of 64: 6 steps an epoch. val/loss stops improving by 0.01 at about epoch 20; val/acc,
+# on 120 points, has ties among the best.
+ARGS = [
+    *QUIET,
+    f"--trainer.max_epochs={MAX_EPOCHS}",
+    "--data.dataset.points_per_class=200",
+    "--boundary.every_n_epochs=0",
+    DROPOUT,
+    "--trainer.callbacks+=EarlyStopping",
+    "--trainer.callbacks.monitor=val/loss",
+    f"--trainer.callbacks.patience={PATIENCE}",
+    "--trainer.callbacks.min_delta=0.01",
+    "--trainer.callbacks+=ModelCheckpoint",
+    "--trainer.callbacks.monitor=val/acc",
+    "--trainer.callbacks.mode=max",
+    f"--trainer.callbacks.save_top_k={K}",
+]
+STATE = ("wait_count", "stopped_epoch", "best_score", "patience")  # EarlyStopping.state_dict's, in every release
+
+
+def decisions(side: str, run_dir: Path) -> dict:
+    """What the callbacks decided: the final checkpoint's weights and optimizer, the TensorBoard series, the early
+    stop's state, and each kept checkpoint (by name, without its suffix) with its weights and value."""
+    checkpoint = torch.load(run_dir / "checkpoints" / CHECKPOINT[side], weights_only=True)
+    early, best = checkpoint.get("early_stopping"), checkpoint.get("best")
+    for name, state in checkpoint.get("callbacks", {}).items():  # Lightning's, by the callbacks' names
+        if name.startswith("EarlyStopping"):
+            early = state
+        if name.startswith("ModelCheckpoint") and state["monitor"] is not None:
+            best = state
+    files = {
+        path.stem: final_state(side, run_dir, path.name)["model"] for path in (run_dir / "checkpoints").glob("epoch=*")
+    }
+    return {
+        "final": final_state(side, run_dir),
+        "scalars": event_scalars(run_dir),
+        "early stop": {key: early[key] for key in STATE},
+        "kept": {Path(path).stem: value for path, value in best["best_k_models"].items()},
+        "kth": Path(best["kth_best_model_path"]).stem,
+        "files": files,
+    }
+
+
+_runs = {}
+
+
+def uninterrupted(side: str, tmp_path_factory) -> dict:
+    if side not in _runs:
+        logs = tmp_path_factory.mktemp(side) / "logs"
+        fit(side, [*ARGS, f"--trainer.logger.init_args.save_dir={logs}"])
+        _runs[side] = decisions(side, logs / side / "version_0")
+    return _runs[side]
+
+
+def test_the_three_loops_stop_at_the_same_epoch_and_keep_the_same_best_checkpoints(tmp_path_factory):
+    lightning = uninterrupted("lightning", tmp_path_factory)
+    epochs = len(lightning["scalars"]["val/loss"])
+    assert epochs < MAX_EPOCHS and lightning["early stop"]["wait_count"] == PATIENCE  # it stopped early
+    assert len(lightning["files"]) == K and lightning["kept"].keys() == lightning["files"].keys()
+    for side in ("torch", "fabric"):
+        assert differences(uninterrupted(side, tmp_path_factory), lightning) == [], side
+
+
+def test_an_off_by_one_patience_in_the_plain_loop_is_caught(tmp_path, monkeypatch, tmp_path_factory):
+    """Negative control: the plain loop waiting one epoch more than its patience says."""
+    update = monitor.EarlyStop.update
+
+    def one_epoch_late(self, values, epoch):
+        self.patience += 1
+        try:
+            return update(self, values, epoch)
+        finally:
+            self.patience -= 1
+
+    monkeypatch.setattr(monitor.EarlyStop, "update", one_epoch_late)
+    fit("torch", [*ARGS, f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])
+    late = decisions("torch", tmp_path / "logs" / "torch" / "version_0")
+    lightning = uninterrupted("lightning", tmp_path_factory)
+    assert len(late["scalars"]["val/loss"]) > len(lightning["scalars"]["val/loss"])  # a later stop
+    assert mismatches((late["final"], late["scalars"]), (lightning["final"], lightning["scalars"])) != []
+
+
+# An epoch's last step (the stop comes after its validation and the callbacks), and a step mid-epoch, both after the
+# early stop's count and the best files have a history.
+@pytest.mark.parametrize("step", [95, 128])
+@pytest.mark.parametrize("side", ["lightning", "torch", "fabric"])
+def test_a_run_stopped_and_resumed_makes_the_same_decisions(
+    side, step, tmp_path, monkeypatch, capsys, tmp_path_factory
+):
+    monkeypatch.chdir(tmp_path)
+    interrupted(side, ARGS, signal.SIGTERM, step, capsys)
+    fit(side, [*ARGS, "--ckpt_path=last"])
+    found = decisions(side, tmp_path / "logs" / side / "version_0")
+    expected = uninterrupted(side, tmp_path_factory)
+    assert differences(found, expected) == []
+
+
+EARLY_STOPPING = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"]
+REFUSED = {
+    "an argument the loops do not implement": (
+        [*EARLY_STOPPING, "--trainer.callbacks.stopping_threshold=0.1"],
+        "trainer.callbacks: EarlyStopping(stopping_threshold=0.1) is not implemented by",
+    ),
+    "a metric not logged once an epoch": (
+        ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=train/loss"],
+        "trainer.callbacks: ModelCheckpoint(monitor='train/loss' (the loops take val/...: logged once an epoch))",
+    ),
+    "min_epochs, which holds back an early stop": (
+        [*EARLY_STOPPING, "--trainer.min_epochs=25"],
+        "trainer.min_epochs and min_steps beside an EarlyStopping is not implemented by",
+    ),
+}
+
+
+@pytest.mark.parametrize("flags, said", REFUSED.values(), ids=REFUSED)
+@pytest.mark.parametrize("side", ["torch", "fabric"])
+def test_what_the_loops_would_do_otherwise_is_refused_by_name(side, flags, said, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        fit(side, [*QUIET, *flags])
+    assert refused.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {said}"), line
+    assert not (tmp_path / "logs").exists()
