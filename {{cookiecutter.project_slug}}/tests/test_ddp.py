@@ -371,3 +371,35 @@ def test_a_hung_run_under_torchrun_is_ended_with_its_workers(tmp_path):
     assert len(workers) == 2
     for pid in workers:  # gone, or dead and not yet reaped by the process that adopted it
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", pid
+
+
+MONITORED = [
+    *QUIET,
+    "--trainer.max_epochs=30",
+    "--data.dataset.points_per_class=200",
+    "--boundary.every_n_epochs=0",
+    "--track.to=[csv]",
+    "--trainer.callbacks+=EarlyStopping",
+    "--trainer.callbacks.monitor=val/loss",
+    "--trainer.callbacks.patience=2",
+    "--trainer.callbacks.min_delta=0.01",
+    "--trainer.callbacks+=ModelCheckpoint",
+    "--trainer.callbacks.monitor=val/acc",
+    "--trainer.callbacks.mode=max",
+    "--trainer.callbacks.save_top_k=2",
+]
+
+
+def test_early_stopping_the_best_checkpoints_and_the_csv_tracker_under_ddp_are_the_same_in_the_three_loops(tmp_path):
+    runs = {side: launch([*COMMANDS[side], *MONITORED], tmp_path, side) for side in SIDES}
+    kept = {side: sorted(path.stem for path in (run / "checkpoints").glob("epoch=*")) for side, run in runs.items()}
+    assert len(kept["torch"]) == 2 and kept["lightning"] == kept["torch"] == kept["fabric"]
+    plain = runs["torch"]
+    assert len(event_scalars(plain)["val/loss"]) < 30  # it stopped early
+    for side in ("lightning", "fabric"):
+        outcome = (final_state(side, runs[side]), event_scalars(runs[side]))
+        assert mismatches(outcome, (final_state("torch", plain), event_scalars(plain))) == [], side
+        for name in kept["torch"]:
+            weights = final_state(side, runs[side], f"{name}{Path(CHECKPOINT[side]).suffix}")["model"]
+            assert differences(weights, final_state("torch", plain, f"{name}.pt")["model"]) == [], (side, name)
+        assert (runs[side] / "metrics.csv").read_bytes() == (plain / "metrics.csv").read_bytes(), side

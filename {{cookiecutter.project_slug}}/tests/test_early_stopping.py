@@ -129,7 +129,7 @@ REFUSED = {
     ),
     "a metric not logged once an epoch": (
         ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=train/loss"],
-        "trainer.callbacks: ModelCheckpoint(monitor='train/loss' (the loops take val/...: logged once an epoch))",
+        "trainer.callbacks: ModelCheckpoint(monitor='train/loss' (the loops log val/loss, val/acc once an epoch))",
     ),
     "min_epochs, which holds back an early stop": (
         [*EARLY_STOPPING, "--trainer.min_epochs=25"],

@@ -48,6 +48,7 @@ from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, NoWrite
 from {{ cookiecutter.package_name }}.machinery.sharding import FabricFSDP2, ShardingError
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest, resume_command
 from {{ cookiecutter.package_name }}.machinery.trackers import Track, Trackers, TrackersLogger, TrackingError
+from {{ cookiecutter.package_name }}.metrics import metrics
 from {{ cookiecutter.package_name }}.model import shard
 from {{ cookiecutter.package_name }}.module import SpiralClassifier
 
@@ -277,14 +278,17 @@ def monitored(callbacks) -> list[Namespace]:
     return [callback for callback in found if callback.init_args.get("monitor") is not None]
 
 
-def monitored_problem(trainer: Namespace) -> str | None:
-    """What the loops would do otherwise than Lightning's EarlyStopping or ModelCheckpoint(monitor=...), named."""
+def monitored_problem(config: Namespace) -> str | None:
+    """What the plain and Fabric loops would do otherwise than Lightning's EarlyStopping or a ModelCheckpoint with a
+    monitor, named: an argument they do not implement, a monitor they do not log once an epoch."""
+    trainer = config.trainer
     found = monitored(trainer.callbacks)
     kinds = [callback.class_path.rsplit(".", 1)[1] for callback in found]
     if len(set(kinds)) < len(kinds):
         return f"trainer.callbacks: {kinds}: one EarlyStopping and one ModelCheckpoint with a monitor at most"
+    logged = ["val/loss", *metrics(config.model.classes, "val/")]  # once an epoch, in the three loops
     for callback, kind in zip(found, kinds, strict=True):
-        problem = not_implemented(callback.class_path, vars(callback.init_args))
+        problem = not_implemented(callback.class_path, vars(callback.init_args), logged)
         if problem is not None:
             return f"trainer.callbacks: {kind}({problem})"
     if "EarlyStopping" in kinds and (trainer.min_epochs or trainer.min_steps):
@@ -326,7 +330,7 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
         parser.error(f"trainer.strategy={trainer.strategy!r}: the plain loop runs it under torchrun: {command}")
     kept = {**KEPT, **(KEPT_BY_FABRIC if fabric else KEPT_UNDER_TORCHRUN if launched_by_torchrun() else {})}
     refused = refused_trainer_setting(trainer, plain_numbers(parser.get_defaults()).trainer, kept)
-    refused = refused or monitored_problem(trainer)
+    refused = refused or monitored_problem(config)
     if refused is not None:
         parser.error(f"{refused} is not implemented by {loop}: docs/configuration.md says why; use train.py")
     problem = settings_problem(config)  # train.py refuses the same

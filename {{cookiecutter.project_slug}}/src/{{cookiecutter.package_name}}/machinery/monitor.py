@@ -29,17 +29,17 @@ IMPLEMENTED = {
 OPS = {"min": torch.lt, "max": torch.gt}
 
 
-def not_implemented(class_path: str, init_args: dict) -> str | None:
+def not_implemented(class_path: str, init_args: dict, logged: list[str]) -> str | None:
     """The first argument of a callback the loops would run otherwise than Lightning, as `name=value`; None if
-    none. Its monitor must be logged at the epoch's end: val/..."""
+    none. Its monitor must be one of the values `logged` at each epoch's end."""
     kind, implemented = IMPLEMENTED[class_path]
     defaults = {name: p.default for name, p in inspect.signature(kind).parameters.items()}
     for name, value in init_args.items():
         if name not in implemented and value != defaults.get(name):
             return f"{name}={value!r}"
     monitor = init_args.get("monitor")
-    if not str(monitor).startswith("val/"):
-        return f"monitor={monitor!r} (the loops take val/...: logged once an epoch)"
+    if monitor not in logged:
+        return f"monitor={monitor!r} (the loops log {', '.join(logged)} once an epoch)"
     return None
 
 
@@ -67,12 +67,13 @@ class EarlyStop:
             self.stopped_epoch = epoch
         return stop
 
+    STATE = ("wait_count", "stopped_epoch", "best_score", "patience")  # EarlyStopping.state_dict's keys
+
     def state_dict(self) -> dict:
-        """EarlyStopping.state_dict's keys."""
-        return {key: getattr(self, key) for key in ("wait_count", "stopped_epoch", "best_score", "patience")}
+        return {key: getattr(self, key) for key in self.STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("wait_count", "stopped_epoch", "best_score", "patience"):
+        for key in self.STATE:
             setattr(self, key, state[key])
 
 
