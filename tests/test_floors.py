@@ -1,6 +1,7 @@
 """A floor the generated project declares is a floor that is tested: on the oldest Python its requires-python admits,
-its equivalence, resume, CLI, trackers and Lightning-internals tests pass with the lowest version of every direct
-dependency its ranges allow (uv's `--resolution lowest-direct`), as the floors cells of its CI install them.
+its equivalence, resume, CLI, Lightning-internals, trackers, early-stopping and sweep tests pass with the lowest
+version of every direct dependency its ranges allow (uv's `--resolution lowest-direct`), as the floors cells of its CI
+install them.
 
 torch comes from constraints.txt: 2.13.0, the release the equality claims are checked on, which the project declares
 as its floor. Its CPU build lies on this disk for Python 3.11 alone; on the oldest Python pip takes PyPI's build of
@@ -47,8 +48,8 @@ def test_the_baked_project_passes_at_its_declared_floors_on_its_oldest_python(ba
     installed = {line.split()[0].lower(): line.split()[1] for line in listed.splitlines()[2:]}
     metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
     floors, extras = {}, metadata["optional-dependencies"]
-    for requirement in [*metadata["dependencies"], *extras["track"], *extras["dev"]]:
-        if requirement.startswith(f"{metadata['name']}["):  # dev takes [track]: its floors are listed above
+    for requirement in [*metadata["dependencies"], *extras["track"], *extras["sweep"], *extras["dev"]]:
+        if requirement.startswith(f"{metadata['name']}["):  # dev takes [track,sweep]: their floors are listed above
             continue
         name, floor = re.fullmatch(r"([\w-]+)(?:\[\w+\])?>=([\w.]+)(?:,<\w+)?", requirement).groups()
         floors[name.lower()] = floor
@@ -57,5 +58,6 @@ def test_the_baked_project_passes_at_its_declared_floors_on_its_oldest_python(ba
     pairs = {name: (installed[name], floor) for name, floor in floors.items()}  # (installed, declared)
     assert {name: pair for name, pair in pairs.items() if Version(pair[0]) != Version(pair[1])} == {}
     # test_lightning_internals: the private Lightning names the machinery uses are there at the floor release too.
-    tests = ["test_equivalence.py", "test_resume.py", "test_cli.py", "test_trackers.py", "test_lightning_internals.py"]
+    tests = ["test_equivalence.py", "test_resume.py", "test_cli.py", "test_lightning_internals.py"]
+    tests += ["test_trackers.py", "test_early_stopping.py", "test_sweep.py"]
     run_project_tests(say, python, project, *(f"tests/{name}" for name in tests))

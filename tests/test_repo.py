@@ -26,5 +26,5 @@ def test_test_extra_installs_what_the_baked_project_needs(bake):
     baked = tomllib.loads((bake().project() / "pyproject.toml").read_text())["project"]
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     assert set(baked["dependencies"]) <= set(root)
-    assert set(baked["optional-dependencies"]["track"]) <= set(root)
+    assert set(baked["optional-dependencies"]["track"] + baked["optional-dependencies"]["sweep"]) <= set(root)
     assert {"pytest", "ruff"} <= {re.split(r"[<>=\[ ]", requirement)[0] for requirement in root}

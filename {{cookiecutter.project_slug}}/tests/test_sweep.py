@@ -1,0 +1,128 @@
+"""sweep.py: an Optuna study whose trials are normal runs of the loops. A trial's config.yaml repeats it exactly; a
+sweep killed in the middle of a trial and started again ends as an uninterrupted one, trial for trial; a failed trial
+is recorded as failed and the study goes on; the three loops give the same study.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from conftest import ENV, ROOT, ended, event_scalars, finished, started
+
+STUDY = "tests"
+RUN = [
+    "--trainer.max_epochs=6",
+    "--data.dataset.points_per_class=50",
+    "--data.batch_size=32",
+    "--boundary.every_n_epochs=0",
+]
+SPACE = '{"model.lr": {"low": 0.001, "high": 0.1, "log": true}, "model.net.init_args.hidden": {"choices": [16, 32]}}'
+
+
+def sweep_command(loop: str, trials: int, space: str = SPACE) -> list[str]:
+    args = f"--args=[{', '.join(RUN)}]"
+    return [
+        sys.executable,
+        str(ROOT / "sweep.py"),
+        f"--loop={loop}",
+        f"--trials={trials}",
+        args,
+        f"--space={space}",
+    ] + [f"--study={STUDY}"]
+
+
+def study(cwd: Path) -> list[tuple]:
+    """Each trial of the study in `cwd`: its number, state, values and value, as Optuna's storage keeps them."""
+    loaded = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{cwd / 'logs' / 'sweep.db'}")
+    return [(t.number, t.state.name, t.params, t.value) for t in loaded.trials]
+
+
+def swept(cwd: Path, loop: str, trials: int, space: str = SPACE) -> list[tuple]:
+    cwd.mkdir(exist_ok=True)
+    done = finished(sweep_command(loop, trials, space), cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return study(cwd)
+
+
+_studies = {}
+
+
+def uninterrupted(tmp_path_factory, loop: str, trials: int = 3) -> tuple[Path, list[tuple]]:
+    if (loop, trials) not in _studies:
+        cwd = tmp_path_factory.mktemp(f"{loop}-sweep")
+        _studies[loop, trials] = cwd, swept(cwd, loop, trials)
+    return _studies[loop, trials]
+
+
+def run_dir(cwd: Path, number: int, loop: str) -> Path:
+    [directory] = (cwd / "logs" / "sweep" / STUDY / f"trial_{number}" / loop).iterdir()
+    return directory
+
+
+def test_each_trial_is_a_run_whose_config_repeats_it_exactly(tmp_path, tmp_path_factory):
+    cwd, trials = uninterrupted(tmp_path_factory, "torch")
+    assert [state for _, state, _, _ in trials] == ["COMPLETE"] * 3
+    assert len({str(params) for _, _, params, _ in trials}) == 3  # three points of the space
+    for number, _, _, value in trials:
+        assert value == event_scalars(run_dir(cwd, number, "torch"))["val/loss"][-1][1]  # the run's last val/loss
+    trial = run_dir(cwd, 1, "torch")
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "train_torch.py"), f"--config={trial / 'config.yaml'}"]
+        + [f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", "--trainer.enable_progress_bar=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert event_scalars(tmp_path / "logs" / "torch" / "version_0") == event_scalars(trial)
+
+
+def test_a_sweep_killed_in_the_middle_of_a_trial_goes_on_and_ends_as_an_uninterrupted_one(tmp_path, tmp_path_factory):
+    _, expected = uninterrupted(tmp_path_factory, "torch")
+    process = started(sweep_command("torch", 3), tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "logs" / "sweep" / STUDY / "trial_1" / "torch" / "version_0" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and the trial's run
+    ended(process)
+    assert process.returncode == -signal.SIGKILL
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < 6  # trial 1 was killed with epochs to go
+    assert [state for _, state, _, _ in study(tmp_path)] == ["COMPLETE", "RUNNING"]
+    assert swept(tmp_path, "torch", 3) == expected
+    run_dir(tmp_path, 1, "torch")  # trial 1 went on in its run: one version_0
+
+
+def test_a_failed_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+    space = '{"model.lr": {"choices": [0.01, 1.0e+30]}}'  # 1e30: the loss is NaN within a step
+    trials = swept(tmp_path, "torch", 4, space)
+    assert len(trials) == 4
+    states = {params["model.lr"]: state for _, state, params, _ in trials}
+    assert states == {0.01: "COMPLETE", 1.0e30: "FAIL"}
+    loaded = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'logs' / 'sweep.db'}")
+    failed = [t for t in loaded.trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs["error"].startswith("error: train/loss is nan") for t in failed), failed
+
+
+def test_the_three_loops_give_the_same_study(tmp_path_factory):
+    _, expected = uninterrupted(tmp_path_factory, "torch")
+    for loop in ("lightning", "fabric"):
+        assert uninterrupted(tmp_path_factory, loop)[1] == expected, loop
+
+
+def test_without_optuna_the_sweep_says_what_to_install_in_one_line(tmp_path):
+    hidden = tmp_path / "hidden" / "optuna"
+    hidden.mkdir(parents=True)  # what `import optuna` finds first: as if it were not installed
+    (hidden / "__init__.py").write_text("raise ImportError('No module named optuna')\n")
+    env = {**ENV, "PYTHONPATH": f"{hidden.parent}:{ENV['PYTHONPATH']}"}
+    done = subprocess.run(sweep_command("torch", 3), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ['error: optuna is not installed; pip install -e ".[sweep]"']
+    assert not (tmp_path / "logs").exists()
