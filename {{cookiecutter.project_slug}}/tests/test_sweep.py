@@ -37,10 +37,20 @@ def sweep_command(loop: str, trials: int, space: str = SPACE) -> list[str]:
     ] + [f"--study={STUDY}"]
 
 
+def stored(cwd: Path) -> list:
+    """The trials of the study in `cwd`, as Optuna's storage keeps them; its database closed again (Python 3.13 warns
+    of a connection left to the garbage collector)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{cwd / 'logs' / 'sweep.db'}")
+    try:
+        return optuna.load_study(study_name=STUDY, storage=storage).trials
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
 def study(cwd: Path) -> list[tuple]:
-    """Each trial of the study in `cwd`: its number, state, values and value, as Optuna's storage keeps them."""
-    loaded = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{cwd / 'logs' / 'sweep.db'}")
-    return [(t.number, t.state.name, t.params, t.value) for t in loaded.trials]
+    """Each trial of the study in `cwd`: its number, state, values and value."""
+    return [(t.number, t.state.name, t.params, t.value) for t in stored(cwd)]
 
 
 def swept(cwd: Path, loop: str, trials: int, space: str = SPACE) -> list[tuple]:
@@ -106,8 +116,7 @@ def test_a_failed_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
     assert len(trials) == 4
     states = {params["model.lr"]: state for _, state, params, _ in trials}
     assert states == {0.01: "COMPLETE", 1.0e30: "FAIL"}
-    loaded = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'logs' / 'sweep.db'}")
-    failed = [t for t in loaded.trials if t.state.name == "FAIL"]
+    failed = [t for t in stored(tmp_path) if t.state.name == "FAIL"]
     assert all(t.user_attrs["error"].startswith("error: train/loss is nan") for t in failed), failed
 
 

@@ -60,9 +60,19 @@ class Sweep:
         """Run the study's remaining trials with the project in `root`; the study."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line a trial is said here
         Path("logs").mkdir(exist_ok=True)
+        storage = optuna.storages.RDBStorage(self.storage)
         study = optuna.create_study(
-            study_name=self.study, storage=self.storage, direction=self.direction, load_if_exists=True
+            study_name=self.study, storage=storage, direction=self.direction, load_if_exists=True
         )
+        try:
+            self._trials(study, root)
+        finally:  # the database's connections closed, not left to the exit
+            storage.remove_session()
+            storage.engine.dispose()
+        return study
+
+    def _trials(self, study, root: Path) -> None:
+        """The unfinished trial of a killed sweep, then new ones up to `trials`; the best one said."""
         for frozen in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):  # a killed sweep's, unfinished
             self._seed(study, frozen.number)
             # Optuna's Trial of a stored trial, by its id (FrozenTrial._trial_id: checked on optuna 4.0 and 5.1).
@@ -74,7 +84,6 @@ class Sweep:
         if finished:
             best = study.best_trial
             print(f"best: trial {best.number}: {self.objective} {best.value:.6g} ({best.user_attrs['run']})")
-        return study
 
     def _seed(self, study, number: int) -> None:
         """The sampler of trial `number`: seeded from `seed` and the number, it draws the same values for it whether
