@@ -43,7 +43,7 @@ from {{ cookiecutter.package_name }}.machinery.cli import (
 )
 from {{ cookiecutter.package_name }}.machinery.fabric_run import FabricRun
 from {{ cookiecutter.package_name }}.machinery.loaders import launched_by_torchrun
-from {{ cookiecutter.package_name }}.machinery.monitor import IMPLEMENTED, PLAIN, not_implemented
+from {{ cookiecutter.package_name }}.machinery.monitor import IMPLEMENTED, not_implemented
 from {{ cookiecutter.package_name }}.machinery.plain_run import DEVICES, NoWriter, PlainRun, next_version, process_group
 from {{ cookiecutter.package_name }}.machinery.sharding import FabricFSDP2, ShardingError
 from {{ cookiecutter.package_name }}.machinery.stopping import NonFiniteLossError, StoppedBySignal, StopRequest, resume_command
@@ -399,16 +399,17 @@ def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None,
     alone draws the animation (under FSDP2 every process draws, the sharded model's forward needs them all)."""
     boundary = BoundaryAnimation(**config.boundary)
     boundary.switch_off_if_undrawable(data.val_set, say=lead)
+    callbacks = {}  # the EarlyStop and BestK of the config's EarlyStopping and ModelCheckpoint(monitor=...)
+    for callback in monitored(config.trainer.callbacks):
+        field, kind, *_ = IMPLEMENTED[callback.class_path]
+        callbacks[field] = kind(**vars(callback.init_args))
     return dict(
         # A function (data.augment) by its import path, as Lightning keeps it: torch.load(weights_only=True) reads it.
         hparams={section: {key: plain(value) for key, value in vars(config[section]).items()} for section in SECTIONS},
         log_every_n_steps=config.trainer.log_every_n_steps,
         progress_bar=lead and config.trainer.enable_progress_bar is not False,
         boundary=boundary if lead or config.trainer.strategy == "fsdp2" else None,
-        **{
-            PLAIN[c.class_path][0]: PLAIN[c.class_path][1](**vars(c.init_args))
-            for c in monitored(config.trainer.callbacks)
-        },
+        **callbacks,
         resume=resume,
     )
 

@@ -17,22 +17,13 @@ import inspect
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-# The arguments the loops implement, each callback's others at Lightning's defaults; a ModelCheckpoint with a monitor
-# (configs/default.yaml's own, without one, writes last.pt).
-IMPLEMENTED = {
-    "lightning.pytorch.callbacks.EarlyStopping": (
-        EarlyStopping,
-        ("monitor", "min_delta", "patience", "mode", "verbose"),
-    ),
-    "lightning.pytorch.callbacks.ModelCheckpoint": (ModelCheckpoint, ("monitor", "mode", "save_top_k", "verbose")),
-}
 OPS = {"min": torch.lt, "max": torch.gt}
 
 
 def not_implemented(class_path: str, init_args: dict, logged: list[str]) -> str | None:
     """The first argument of a callback the loops would run otherwise than Lightning, as `name=value`; None if
     none. Its monitor must be one of the values `logged` at each epoch's end."""
-    kind, implemented = IMPLEMENTED[class_path]
+    _, _, kind, implemented = IMPLEMENTED[class_path]
     defaults = {name: p.default for name, p in inspect.signature(kind).parameters.items()}
     for name, value in init_args.items():
         if name not in implemented and value != defaults.get(name):
@@ -112,8 +103,20 @@ class BestK:
         self.best_k_models, self.kth_best_model_path = dict(state["best_k_models"]), state["kth_best_model_path"]
 
 
-# What each callback is in the loops: the PlainRun field, and the class made from the callback's init_args.
-PLAIN = {
-    "lightning.pytorch.callbacks.EarlyStopping": ("early_stop", EarlyStop),
-    "lightning.pytorch.callbacks.ModelCheckpoint": ("best", BestK),
+# The callbacks the loops implement, by class path: the PlainRun field that holds each, its class here (made from the
+# callback's init_args), Lightning's class, and the arguments the loops take, the others at Lightning's defaults. A
+# ModelCheckpoint counts with a monitor: configs/default.yaml's own, without one, writes last.pt.
+IMPLEMENTED = {
+    "lightning.pytorch.callbacks.EarlyStopping": (
+        "early_stop",
+        EarlyStop,
+        EarlyStopping,
+        ("monitor", "min_delta", "patience", "mode", "verbose"),
+    ),
+    "lightning.pytorch.callbacks.ModelCheckpoint": (
+        "best",
+        BestK,
+        ModelCheckpoint,
+        ("monitor", "mode", "save_top_k", "verbose"),
+    ),
 }

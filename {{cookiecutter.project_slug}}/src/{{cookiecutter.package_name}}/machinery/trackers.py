@@ -147,9 +147,10 @@ class MlflowRun:
         store = "mlflow.store.tracking.sqlalchemy_store"
         warnings.filterwarnings("ignore", "The ``noload`` loader strategy", module=store)
         from mlflow import MlflowClient
-        from mlflow.entities import Param
+        from mlflow.entities import Metric, Param
         from mlflow.exceptions import MlflowException
 
+        self.Metric = Metric  # for `log`, at every step: imported here, where mlflow is chosen
         self.client = MlflowClient(uri)
         self.held: dict[str, int] = {}  # per tag, the last step the run has already
         self.pending: list = []
@@ -169,10 +170,8 @@ class MlflowRun:
         self.client.update_run(run_id, status="RUNNING")
 
     def log(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self.pending += [Metric(tag, v, now, step) for tag, v in values.items() if step > self.held.get(tag, -1)]
+        self.pending += [self.Metric(tag, v, now, step) for tag, v in values.items() if step > self.held.get(tag, -1)]
 
     def flush(self) -> None:
         while self.pending:  # MLflow takes up to 1000 values a call
