@@ -206,6 +206,42 @@ def test_a_signal_under_ddp_stops_every_process_mid_epoch_and_resuming_gives_the
         assert mismatches(outcome, (final_state("torch", expected), event_scalars(expected))) == [], side
 
 
+# Around an entry point: what of the run is still alive in each process once script.run returns, before the exit.
+LEFT_ALIVE = """
+import gc
+import importlib
+import os
+import sys
+
+import torch
+
+from {{ cookiecutter.package_name }}.machinery import script
+from {{ cookiecutter.package_name }}.machinery.stopping import StopRequest
+
+sys.path.insert(0, "%(root)s")
+script.run(importlib.import_module("%(entry)s").main)
+alive = sorted({type(o).__name__ for o in gc.get_objects() if isinstance(o, (torch.nn.Module, StopRequest))})
+print(f"rank {os.environ.get('LOCAL_RANK', '0')} left alive: {alive}", file=sys.stderr)
+"""
+
+
+def test_each_process_frees_its_model_and_its_process_groups_before_it_exits(tmp_path):
+    """Under FSDP2, in the three loops: the model, the trainer's objects and the stop vote's process group
+    (StopRequest's) are freed before the interpreter's exit, where a group's threads may abort the process (SIGABRT,
+    "terminate called without an active exception", once in a resumed FSDP2 run). jsonargparse keeps its last parser
+    in a context variable, and with it the LightningCLI and all it made: script.run runs main() in a context of its
+    own."""
+    for side in SIDES:
+        cwd = tmp_path / side
+        cwd.mkdir()
+        script = cwd / "left_alive.py"
+        script.write_text(LEFT_ALIVE % dict(root=ROOT, entry=ENTRY[side][0].removesuffix(".py")))
+        done = finished([*LAUNCHER[side], str(script), *ENTRY[side][1:], "--trainer.strategy=fsdp2", *HALVES], cwd)
+        assert done.returncode == 0, done.stderr[-3000:]
+        left = sorted(line for line in done.stderr.splitlines() if " left alive: " in line)
+        assert left == ["rank 0 left alive: []", "rank 1 left alive: []"], (side, left)
+
+
 # torchrun's restarts: its store, shared with the processes, would hand a restarted process the addresses of the
 # processes before (pytorch/pytorch#135712, still so with gloo in torch 2.13): a store of their own instead.
 RESTARTING = ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", *TORCHRUN, "--max-restarts=1"]
