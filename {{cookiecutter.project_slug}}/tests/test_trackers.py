@@ -1,12 +1,14 @@
 """The trackers beside TensorBoard (machinery/trackers.py) hold what TensorBoard holds, the same in the three loops, and
-a resumed run goes on in the same CSV file and MLflow run with every step once.
+a resumed run goes on in the same CSV file, MLflow run and W&B run with every step once.
 
-Each tracker is read back with its own reader: metrics.csv with the csv module, MLflow's store with MLflow's client.
+Each tracker is read back with its own reader: metrics.csv with the csv module, MLflow's store with MLflow's client,
+W&B's offline run files with W&B's (`wandb leet inspect`).
 TensorBoard's series are the yardstick: tests/test_equivalence.py and tests/test_resume.py prove them equal across
 the loops and through interruptions.
 """
 
 import csv
+import json
 import random
 import shutil
 import signal
@@ -37,7 +39,7 @@ EXPERIMENT = "tests"
 # The same flags for the three loops: MLflow's parameters are the runs' settings (tests' fit() turns off Lightning's
 # model summary).
 TRACKED = [
-    "--track.to=[csv, mlflow]",
+    "--track.to=[csv, mlflow, wandb]",
     f"--track.experiment={EXPERIMENT}",
     "--boundary.every_n_epochs=0",
     "--trainer.enable_model_summary=false",
@@ -73,6 +75,32 @@ def mlflow_series(client: MlflowClient, run) -> dict[str, list[tuple[int, float]
     """Every value the run holds: tag -> [(step, value)] by step; a step sent twice is there twice."""
     history = {tag: client.get_metric_history(run.info.run_id, tag) for tag in run.data.metrics}
     return {tag: sorted((metric.step, metric.value) for metric in metrics) for tag, metrics in history.items()}
+
+
+WANDB = Path(sys.executable).parent / "wandb"  # W&B's command line
+
+
+def wandb_runs(run_dir: Path) -> tuple[set[str], dict[str, str], dict[str, list[tuple[int, float]]]]:
+    """What the W&B offline runs in `run_dir` hold, read by W&B's own reader, in the order they were written (by the
+    last step each holds): the W&B runs' ids, their config, and every value: tag -> [(step, value)]; a step written
+    twice is there twice."""
+    ids, config, found = set(), {}, defaultdict(list)
+    written = sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda path: int(path.name.rpartition("-step-")[2]))
+    for directory in written:
+        [path] = directory.glob("run-*.wandb")
+        command = [WANDB, "leet", "inspect", "--json", path]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+        for record in map(json.loads, done.stdout.splitlines()):
+            if record["type"] == "run":
+                ids.add(record["run"]["run_id"])
+                config.update(record["run"]["config"]["update"])
+            elif record["type"] == "history":
+                step = record["history"]["step"].get("num", 0)
+                for tag, value in record["history"]["item"].items():
+                    if not tag.startswith("_"):  # W&B's own: _step, _runtime, _timestamp
+                        found[tag].append((step, value))
+    config.pop("_wandb")
+    return ids, config, dict(found)
 
 
 def as_tensorboard(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
@@ -112,10 +140,16 @@ def test_the_trackers_hold_tensorboards_series_the_same_in_the_three_loops(tmp_p
     params = {side: runs[f"{side}/version_0"].data.params for side in SIDES}
     assert params["torch"] == params["lightning"] == params["fabric"]
     assert params["torch"]["model.lr"] == "0.001" and params["torch"]["model.net.dropout"] == "0.3"
+    # W&B: one run each, the same values as the CSV file, the settings as its config.
+    for side in SIDES:
+        ids, config, series = wandb_runs(logs / side / "version_0")
+        assert len(ids) == 1 and config == params[side], side
+        assert series == tracked[side], side
 
 
 def tracked_as_tensorboard(logs: Path, side: str) -> None:
-    """The run's CSV file and its one MLflow run hold TensorBoard's series: every step once, the values equal."""
+    """The run's CSV file, its one MLflow run and its one W&B run hold TensorBoard's series: every step once, the
+    values equal."""
     run_dir = logs / side / "version_0"
     series = csv_series(run_dir)
     assert as_tensorboard(series) == event_scalars(run_dir)
@@ -123,6 +157,8 @@ def tracked_as_tensorboard(logs: Path, side: str) -> None:
     assert list(runs) == [f"{side}/version_0"]
     assert mlflow_series(client, runs[f"{side}/version_0"]) == series
     assert runs[f"{side}/version_0"].info.status == "FINISHED"
+    ids, _, wandb_series = wandb_runs(run_dir)
+    assert len(ids) == 1 and wandb_series == series
 
 
 @pytest.mark.parametrize("side", SIDES)

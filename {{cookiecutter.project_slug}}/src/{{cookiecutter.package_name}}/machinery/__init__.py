@@ -10,8 +10,8 @@ its Lightning counterpart:
 - logger.py: Lightning's TensorBoardLogger, flushing when the plain loop's SummaryWriter does.
 - monitor.py: EarlyStopping and ModelCheckpoint(monitor=..., save_top_k=k) for the plain and Fabric loops, deciding
   as Lightning's callbacks do.
-- trackers.py: a CSV file and MLflow beside TensorBoard (`track.to`), the same values from the three loops, resumed
-  runs going on in the same file and MLflow run.
+- trackers.py: a CSV file, MLflow and W&B beside TensorBoard (`track.to`), the same values from the three loops,
+  resumed runs going on in the same file, MLflow and W&B runs.
 - plain_run.py: what the Trainer does around the plain loop: DDP, resuming, logging, checkpoints, stops;
   fabric_run.py: the same around the Fabric loop, through Fabric's calls.
 - cli.py: one-line errors, the settings every entry point refuses, a config's class_path made into its object.

@@ -206,6 +206,9 @@ class PlainRun:
         model, optimizer = whole_state(self._model, self._optimizer)  # FSDP2: gathered, by every process
         if self.checkpoint is None:
             return
+        # GracefulStop.on_save_checkpoint, before the file is written: a killed run's curves have no gap up to here
+        self.writer.flush()
+        self.trackers.flush()
         checkpoint = {
             "epoch": epoch_to_go_on_in,  # "epoch", "loops": where the fit loop goes on
             "step": self.step,  # "global_step"
@@ -217,13 +220,10 @@ class PlainRun:
             "loader": self._loader.state_dict(),  # the fit loop's "combined_loader": order and position
             "rng": rng_state(),  # ExactResume.on_save_checkpoint
             "hparams": self.hparams,  # "hyper_parameters", "datamodule_hyper_parameters"
-            "trackers": self.trackers.state(),  # GracefulStop.on_save_checkpoint: the MLflow run to go on in
+            "trackers": self.trackers.state(),  # GracefulStop.on_save_checkpoint: the runs to go on in, W&B's values
             "early_stopping": self.early_stop and self.early_stop.state_dict(),  # its "callbacks" entries
             "best": self.best and self.best.state_dict(),
         }
-        # GracefulStop.on_save_checkpoint, before the file is written: a killed run's curves have no gap up to here
-        self.writer.flush()
-        self.trackers.flush()
         if kept is not None:
             self._write(checkpoint, self.checkpoint.parent / kept)
         self._write(checkpoint, self.checkpoint)

@@ -172,7 +172,7 @@ class GracefulStop(StopRequest, L.Callback):
         ask_trainer_to_stop(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["trackers"] = {}  # the MLflow run a resumed fit goes on in
+        checkpoint["trackers"] = {}  # the MLflow and W&B runs a resumed fit goes on in, W&B's values to write
         for logger in trainer.loggers:
             getattr(logger, "flush", logger.save)()  # machinery/logger.py's flush; Lightning's save flushes too
             if isinstance(logger, TrackersLogger):

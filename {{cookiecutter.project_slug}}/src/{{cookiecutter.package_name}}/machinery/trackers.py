@@ -1,6 +1,7 @@
-"""Experiment trackers beside TensorBoard: a CSV file and MLflow, the same scalars at the same steps in the three loops.
+"""Experiment trackers beside TensorBoard: a CSV file, MLflow and W&B (offline), the same scalars at the same steps in
+the three loops.
 
-    python train.py fit --track.to '[csv, mlflow]'     # mlflow: pip install -e ".[track]"
+    python train.py fit --track.to '[csv, mlflow, wandb]'     # mlflow, wandb: pip install -e ".[track]"
 
 configs/default.yaml's `track` chooses them (`Track`). The plain loop hands its scalars to `Trackers.log` where it
 hands them to TensorBoard (plain_run.py); train.py and the Fabric loop log through `TrackersLogger`, a Lightning
@@ -9,14 +10,18 @@ directory that holds anything else (TensorBoard's events), and MLFlowLogger's de
 by MLflow 3; neither goes on where a resumed run left off.
 
 They write with every checkpoint, as TensorBoard is flushed. A resumed run goes on in the same file and the same
-MLflow run, whose id the checkpoint keeps (`Trackers.state`), every step once: metrics.csv loses its rows from the
-checkpoint's step on, as TensorBoard's purge_step drops its events; MLflow keeps every value it was sent, so the
-values an interrupted run sent after its checkpoint are not sent again (the resumed run computes them bit for bit).
+MLflow and W&B runs, whose ids the checkpoint keeps (`Trackers.state`), every step once: metrics.csv loses its rows
+from the checkpoint's step on, as TensorBoard's purge_step drops its events; MLflow and W&B keep every value they
+were sent, so the values an interrupted run sent after its checkpoint are not sent again (the resumed run computes
+them bit for bit). W&B writes a run's file only as the run finishes, so its values wait in the checkpoints (`WandbRun`).
 """
 
 import csv
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +33,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 # Each tracker, and the module it needs beyond this project's own dependencies (`pip install -e ".[track]"`).
-NEEDS = {"csv": None, "mlflow": "mlflow"}
+NEEDS = {"csv": None, "mlflow": "mlflow", "wandb": "wandb"}
 
 
 class TrackingError(RuntimeError):
@@ -40,15 +45,17 @@ class Track:
 
     def __init__(
         self,
-        to: list[Literal["csv", "mlflow"]] | None = None,
+        to: list[Literal["csv", "mlflow", "wandb"]] | None = None,
         tracking_uri: str | None = None,
         experiment: str = "default",
     ):
         """
         Args:
-            to: Trackers beside TensorBoard: csv (metrics.csv in the run directory), mlflow (pip install -e ".[track]").
+            to: Trackers beside TensorBoard: csv (metrics.csv in the run directory), mlflow, wandb (offline, in the run
+                directory's wandb/; both: pip install -e ".[track]").
             tracking_uri: MLflow's store; null: sqlite:///mlflow.db in the logs' directory (trainer.logger's save_dir).
-            experiment: The MLflow experiment the runs go into, each named after its run directory (torch/version_3).
+            experiment: The MLflow experiment and the W&B project the runs go into, each named after its run directory
+                (torch/version_3).
         """
         self.to = to or []
         self.tracking_uri = tracking_uri
@@ -60,15 +67,17 @@ class Track:
         resume = resume or {}
         held = resume.get("trackers", {})
         writers = []
+        name = f"{run_dir.parent.name}/{run_dir.name}"
         if "csv" in self.to:
             writers.append(CsvFile(run_dir / "metrics.csv", purge_step=resume.get("step")))
+        if "wandb" in self.to:
+            writers.append(WandbRun(run_dir / "wandb", self.experiment, name, params, held.get("wandb")))
         if "mlflow" in self.to:
             uri = self.tracking_uri
             if uri is None:
                 Path(save_dir).mkdir(parents=True, exist_ok=True)
                 # Absolute: MLflow keeps one store per URI in a process, a relative path's first directory.
                 uri = f"sqlite:///{Path(save_dir).resolve() / 'mlflow.db'}"
-            name = f"{run_dir.parent.name}/{run_dir.name}"
             writers.append(MlflowRun(uri, self.experiment, name, params, run_id=held.get("mlflow")))
         return Trackers(writers)
 
@@ -99,9 +108,10 @@ class Trackers:
     def __exit__(self, error_type, error, traceback) -> None:
         self.close("success" if error_type is None else "failed")
 
-    def state(self) -> dict[str, str]:
-        """What a checkpoint keeps so that a resumed run goes on in the same tracker runs: {"mlflow": run id}."""
-        return {name: writer.run_id for writer in self.writers if (name := getattr(writer, "name", None))}
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run goes on in the same tracker runs: {"mlflow": its run id,
+        "wandb": WandbRun.state()}."""
+        return {writer.name: writer.state() for writer in self.writers if hasattr(writer, "state")}
 
 
 class CsvFile:
@@ -182,6 +192,72 @@ class MlflowRun:
         self.flush()
         self.client.set_terminated(self.run_id, self.STATUS.get(status, "KILLED"))
 
+    def state(self) -> str:
+        return self.run_id
+
+
+class WandbRun:
+    """One W&B run, offline (no account, no network): directories in the run directory's wandb/, which `wandb sync`
+    uploads later. W&B writes a run's file only as the run finishes; a killed process leaves it empty. So the values
+    wait, in each checkpoint too, and are written at the end of the process, or at a checkpoint that would hold more
+    than HELD_BACK: each time one W&B offline run directory, written whole and then moved into place, named after
+    the last step it holds (`offline-run-<time>-<id>-step-<step>`). A resumed run writes the values its checkpoint
+    held and goes on after the last step the directories hold."""
+
+    name = "wandb"
+    HELD_BACK = 10_000  # values a checkpoint holds at most
+
+    def __init__(self, directory: Path, project: str, run_name: str, params: dict[str, str], resume: dict | None):
+        self.project, self.run_name, self.config = project, run_name, params
+        # Absolute: W&B's service, started once a process, takes a relative path from its own working directory.
+        self.directory = directory.absolute()
+        self.run_id, self.pending = (resume["id"], resume["pending"]) if resume else (secrets.token_hex(4), [])
+        for unfinished in self.directory.glob(".writing-*"):  # a process killed while it wrote
+            shutil.rmtree(unfinished)
+        written = self.directory.glob(f"offline-run-*-{self.run_id}-step-*")
+        self.written = max((int(path.name.rpartition("-step-")[2]) for path in written), default=-1)
+        self.pending = [(step, values) for step, values in self.pending if step > self.written]
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if step > self.written:
+            self.pending.append((step, values))
+
+    def flush(self) -> None:
+        if sum(len(values) for _, values in self.pending) > self.HELD_BACK:
+            self.write()
+
+    def close(self, status: str) -> None:
+        self.write(exit_code=0 if status == "success" else 1)
+
+    def state(self) -> dict[str, Any]:
+        return {"id": self.run_id, "pending": self.pending}
+
+    def write(self, exit_code: int = 0) -> None:
+        """The values waiting, as one offline run directory of the run."""
+        if not self.pending:
+            return
+        import wandb
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        last = self.pending[-1][0]
+        with tempfile.TemporaryDirectory(dir=self.directory, prefix=".writing-") as writing:
+            run = wandb.init(
+                dir=writing,
+                mode="offline",
+                project=self.project,
+                name=self.run_name,
+                id=self.run_id,
+                resume="allow",
+                config=self.config,
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+            for step, values in self.pending:
+                run.log(values, step=step)
+            run.finish(exit_code=exit_code)
+            [made] = Path(writing, "wandb").glob("offline-run-*")
+            os.replace(made, self.directory / f"{made.name}-step-{last}")
+        self.written, self.pending = last, []
+
 
 class TrackersLogger(Logger):
     """train.py's and the Fabric loop's way to the trackers: Lightning's logging calls handed to `Trackers`, opened
@@ -204,7 +280,7 @@ class TrackersLogger(Logger):
         return 0
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
-        """The config's settings went to MLflow when its run was made: the same in the three loops."""
+        """The config's settings went to MLflow and W&B with their runs: the same in the three loops."""
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
