@@ -13,6 +13,8 @@ from pathlib import Path
 import optuna
 import torch
 
+from {{ cookiecutter.package_name }}.machinery.sweeping import opened_storage
+
 from conftest import ENV, ROOT, ended, event_scalars, finished, started
 
 STUDY = "tests"
@@ -34,18 +36,14 @@ def sweep_command(loop: str, trials: int, space: str = SPACE) -> list[str]:
         f"--trials={trials}",
         args,
         f"--space={space}",
-    ] + [f"--study={STUDY}"]
+        f"--study={STUDY}",
+    ]
 
 
 def stored(cwd: Path) -> list:
-    """The trials of the study in `cwd`, as Optuna's storage keeps them; its database closed again (Python 3.13 warns
-    of a connection left to the garbage collector)."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{cwd / 'logs' / 'sweep.db'}")
-    try:
+    """The trials of the study in `cwd`, as Optuna's storage keeps them; its database closed again."""
+    with opened_storage(f"sqlite:///{cwd / 'logs' / 'sweep.db'}") as storage:
         return optuna.load_study(study_name=STUDY, storage=storage).trials
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
 
 
 def study(cwd: Path) -> list[tuple]:

@@ -16,6 +16,8 @@ bit for bit: the study comes out the same, trial for trial, after a kill, and wh
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,15 +62,11 @@ class Sweep:
         """Run the study's remaining trials with the project in `root`; the study."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line a trial is said here
         Path("logs").mkdir(exist_ok=True)
-        storage = optuna.storages.RDBStorage(self.storage)
-        study = optuna.create_study(
-            study_name=self.study, storage=storage, direction=self.direction, load_if_exists=True
-        )
-        try:
+        with opened_storage(self.storage) as storage:
+            study = optuna.create_study(
+                study_name=self.study, storage=storage, direction=self.direction, load_if_exists=True
+            )
             self._trials(study, root)
-        finally:  # the database's connections closed, not left to the exit
-            storage.remove_session()
-            storage.engine.dispose()
         return study
 
     def _trials(self, study, root: Path) -> None:
@@ -111,6 +109,18 @@ class Sweep:
         trial.set_user_attr("run", str(run_dir))
         study.tell(trial, value)
         print(f"trial {trial.number}: {shown}: {self.objective} {value:.6g} ({run_dir})")
+
+
+@contextmanager
+def opened_storage(url: str) -> Iterator[optuna.storages.RDBStorage]:
+    """Optuna's storage at `url`, its database's connections closed afterwards, not left to the exit (Python 3.13
+    warns of one left to the garbage collector)."""
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        yield storage
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def suggest(trial, key: str, spec: dict[str, Any]):
