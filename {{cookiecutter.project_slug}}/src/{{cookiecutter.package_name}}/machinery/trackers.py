@@ -211,12 +211,12 @@ class WandbRun:
         self.project, self.run_name, self.config = project, run_name, params
         # Absolute: W&B's service, started once a process, takes a relative path from its own working directory.
         self.directory = directory.absolute()
-        self.run_id, self.pending = (resume["id"], resume["pending"]) if resume else (secrets.token_hex(4), [])
+        self.run_id, held_back = (resume["id"], resume["pending"]) if resume else (secrets.token_hex(4), [])
         for unfinished in self.directory.glob(".writing-*"):  # a process killed while it wrote
             shutil.rmtree(unfinished)
         written = self.directory.glob(f"offline-run-*-{self.run_id}-step-*")
         self.written = max((int(path.name.rpartition("-step-")[2]) for path in written), default=-1)
-        self.pending = [(step, values) for step, values in self.pending if step > self.written]
+        self.pending = [(step, values) for step, values in held_back if step > self.written]
 
     def log(self, values: dict[str, float], step: int) -> None:
         if step > self.written:
