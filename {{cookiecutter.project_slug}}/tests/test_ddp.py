@@ -137,6 +137,7 @@ def counted(self, iterator):
     for batch in count(self, iterator):
         chosen = os.environ.get("LOCAL_RANK", "0") == "%(rank)s" and self.batches == 5 and self.sampler.epoch == 1
         if chosen and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+            open("signalled", "w").close()  # the tests' evidence that it was sent
             os.kill(%(target)s, %(signal)s)
             time.sleep(1)  # a signal torchrun's agent passes on reaches the processes meanwhile
         yield batch
@@ -258,8 +259,9 @@ def test_torchrun_restarts_a_failed_run_from_its_checkpoint_and_ends_with_the_un
         cwd.mkdir()
         entry = [signalling(cwd, side, "1", "os.getpid()", "signal.SIGKILL"), *ENTRY[side][1:]]
         done = finished([*RESTARTING, *entry, *args], cwd)
-        assert done.returncode == 0, (side, done.stderr[-3000:])
-        assert "exitcode  : -9" in done.stderr or "(exitcode: -9)" in done.stderr, done.stderr[-3000:]  # it died
+        # Killed, so ended only by the restart. (Which failure torchrun logs first, the kill's -9 or the peer's lost
+        # connection, is a race: not evidence.)
+        assert (cwd / "signalled").exists() and done.returncode == 0, (side, done.stderr[-3000:])
         [resumed] = (cwd / "logs" / side).iterdir()
         outcome = (final_state(side, resumed), event_scalars(resumed))
         assert mismatches(outcome, (final_state("torch", expected), event_scalars(expected))) == [], side
