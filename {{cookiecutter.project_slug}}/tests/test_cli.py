@@ -297,6 +297,15 @@ BAD_VALUES = {
     "persistent_workers without workers": (["--data.persistent_workers=true"], "data.persistent_workers"),
     "accumulate_grad_batches 0": (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
     "an unknown key": (["--model.nope", "1"], "model.nope"),
+    # Lightning refuses a ModelCheckpoint beside it; train.py drops configs/default.yaml's own, which writes last.ckpt.
+    "no checkpoints, and the best k": (
+        [
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks+=ModelCheckpoint",
+            "--trainer.callbacks.monitor=val/loss",
+        ],
+        "trainer.enable_checkpointing=False beside a ModelCheckpoint with a monitor",
+    ),
 }
 if not torch.cuda.is_available():
     BAD_VALUES["a GPU where there is none"] = (["--trainer.accelerator=gpu"], "trainer.accelerator")

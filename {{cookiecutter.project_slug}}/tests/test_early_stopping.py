@@ -3,6 +3,7 @@ stop epoch, the same k files kept, the same weights in each, the same state for 
 they still do after an interruption. The plain and Fabric loops' versions: machinery/monitor.py.
 """
 
+import re
 import signal
 from pathlib import Path
 
@@ -10,17 +11,21 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }}.machinery import monitor
+from {{ cookiecutter.package_name }}.scripts import CLI
 
 from conftest import (
     CHECKPOINT,
     DROPOUT,
+    LIGHTNING,
     QUIET,
+    TINY,
     differences,
     event_scalars,
     final_state,
     fit,
     interrupted,
     mismatches,
+    run,
 )
 
 PATIENCE, K, MAX_EPOCHS = 2, 2, 30
@@ -148,3 +153,42 @@ def test_what_the_loops_would_do_otherwise_is_refused_by_name(side, flags, said,
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {said}"), line
     assert not (tmp_path / "logs").exists()
+
+
+def test_train_py_refuses_a_monitor_its_module_does_not_log_before_training_naming_what_lightning_would(
+    tmp_path, monkeypatch, capsys
+):
+    """Lightning finds an EarlyStopping's monitor missing at the first epoch's end, and names what is logged;
+    train.py refuses it before anything is written, naming the same values."""
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/acc2"]
+    with pytest.raises(SystemExit) as refused:
+        fit("lightning", flags)
+    [line] = capsys.readouterr().err.splitlines()
+    said = "error: trainer.callbacks: EarlyStopping(monitor='val/acc2'): train.py logs "
+    assert refused.value.code == 2 and line.startswith(said), line
+    assert not (tmp_path / "logs").exists()
+    monkeypatch.setattr(CLI, "before_fit", CLI.check_net)  # the negative control: Lightning's own check
+    with pytest.raises(RuntimeError, match="`val/acc2` which is not available") as missing:
+        fit("lightning", flags)
+    available = re.findall(r"`([^`]+)`", str(missing.value).split("following:")[1])
+    assert sorted(line.removeprefix(said).split(", ")) == sorted(available)
+
+
+def test_verbose_says_in_the_plain_and_fabric_loops_what_lightning_says(tmp_path):
+    """EarlyStopping's and ModelCheckpoint's verbose=True lines: Lightning's words and numbers from the three loops,
+    each naming its own checkpoint files."""
+    args = [*TINY, "--trainer.max_epochs=8", *EARLY_STOPPING, "--trainer.callbacks.patience=1"]
+    args += ["--trainer.callbacks.min_delta=0.01", "--trainer.callbacks.verbose=true"]
+    args += ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val/acc"]
+    args += ["--trainer.callbacks.mode=max", "--trainer.callbacks.save_top_k=2", "--trainer.callbacks.verbose=true"]
+    said = {}
+    scripts = {"lightning": ["train.py", "fit", *LIGHTNING], "torch": ["train_torch.py"], "fabric": ["train_fabric.py"]}
+    for side, script in scripts.items():
+        done = run(*script, *args, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = [line for line in done.stderr.splitlines() if line.startswith(("Metric ", "Monitored ", "Epoch "))]
+        said[side] = [line.replace(f"logs/{side}/", "logs/").replace(".ckpt'", ".pt'") for line in lines]
+    for words in ("improved by", "Signaling Trainer to stop", "was not in top 2", "as top 2"):
+        assert any(words in line for line in said["lightning"]), (words, said["lightning"])
+    assert said["torch"] == said["lightning"] and said["fabric"] == said["lightning"]

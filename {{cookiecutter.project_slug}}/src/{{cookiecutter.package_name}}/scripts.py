@@ -24,7 +24,7 @@ from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 from lightning.fabric.strategies import STRATEGY_REGISTRY as FABRIC_STRATEGIES
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.tensorboard import SummaryWriter
 
@@ -35,6 +35,7 @@ from {{ cookiecutter.package_name }}.machinery.cli import (
     LightningParser,
     Parser,
     instantiate,
+    listed,
     named,
     net_problem,
     plain_numbers,
@@ -177,7 +178,21 @@ class CLI(LightningCLI):
         anything is written (the other rungs refuse the same)."""
         refuse(net_problem(self.model.net, self.datamodule.dataset, self.model.hparams.classes))
 
-    before_fit = before_validate = before_test = before_predict = check_net
+    before_validate = before_test = before_predict = check_net
+
+    def before_fit(self) -> None:
+        """check_net, and an EarlyStopping or ModelCheckpoint whose monitor the module does not log, refused before
+        training (Lightning would find it missing at the first epoch's end)."""
+        self.check_net()
+        callbacks = self.trainer.callbacks
+        logged = ["train/loss", *(["train/lr"] if any(isinstance(c, LearningRateMonitor) for c in callbacks) else [])]
+        logged += once_an_epoch(self.model.hparams.classes)
+        for callback in callbacks:
+            if isinstance(callback, EarlyStopping) and not callback.strict:
+                continue  # Lightning warns and goes on without it
+            if isinstance(callback, (EarlyStopping, ModelCheckpoint)) and callback.monitor not in (None, *logged):
+                kind = type(callback).__name__
+                refuse(f"trainer.callbacks: {kind}(monitor={callback.monitor!r}): train.py logs {', '.join(logged)}")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer, without the callbacks of configs/default.yaml that its settings leave nothing to do (a
@@ -261,11 +276,6 @@ def refused_trainer_setting(trainer: Namespace, default: Namespace, kept: dict) 
     return None
 
 
-def listed(entry) -> list:
-    """A config entry that takes one item, a list or None (trainer.callbacks, trainer.plugins), as a list."""
-    return [item for item in (entry if isinstance(entry, list) else [entry]) if item is not None]
-
-
 def classes(callbacks) -> list[str]:
     """The class paths of a config's trainer.callbacks."""
     return [getattr(callback, "class_path", callback) for callback in listed(callbacks)]
@@ -286,7 +296,7 @@ def monitored_problem(config: Namespace) -> str | None:
     kinds = [callback.class_path.rsplit(".", 1)[1] for callback in found]
     if len(set(kinds)) < len(kinds):
         return f"trainer.callbacks: {kinds}: one EarlyStopping and one ModelCheckpoint with a monitor at most"
-    logged = ["val/loss", *metrics(config.model.classes, "val/")]  # once an epoch, in the three loops
+    logged = once_an_epoch(config.model.classes)
     for callback, kind in zip(found, kinds, strict=True):
         problem = not_implemented(callback.class_path, vars(callback.init_args), logged)
         if problem is not None:
@@ -294,6 +304,11 @@ def monitored_problem(config: Namespace) -> str | None:
     if "EarlyStopping" in kinds and (trainer.min_epochs or trainer.min_steps):
         return "trainer.min_epochs and min_steps beside an EarlyStopping"
     return None
+
+
+def once_an_epoch(classes: int) -> list[str]:
+    """What the three loops log at each epoch's end, after validation: the loss and metrics.py's metrics."""
+    return ["val/loss", *metrics(classes, "val/")]
 
 
 def params(config: Namespace) -> dict[str, str]:

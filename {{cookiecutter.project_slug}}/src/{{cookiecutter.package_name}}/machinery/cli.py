@@ -94,6 +94,11 @@ def settings_problem(config: Namespace) -> str | None:
     if trainer.strategy == "fsdp2" and str(trainer.precision) in ("16-mixed", "16"):
         # Lightning's ModelParallelStrategy refuses it: no GradScaler for sharded gradients.
         return f"trainer.precision={trainer.precision!r} does not go with trainer.strategy='fsdp2': use bf16-mixed"
+    checkpoints = [
+        c for c in listed(trainer.callbacks) if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")
+    ]
+    if trainer.enable_checkpointing is False and any(c.init_args.get("monitor") for c in checkpoints):
+        return "trainer.enable_checkpointing=False beside a ModelCheckpoint with a monitor, which writes checkpoints"
     if config.track.to and trainer.logger in (None, False, True):
         return f"track.to={config.track.to} writes beside trainer.logger's run directory; the config has no logger"
     for tracker in config.track.to or ():
@@ -104,6 +109,11 @@ def settings_problem(config: Namespace) -> str | None:
         # Lightning would warn and train in bf16-mixed instead; the plain loop would train in fp16.
         return f"trainer.precision={trainer.precision!r} needs a GPU; on the CPU, use bf16-mixed"
     return None
+
+
+def listed(entry) -> list:
+    """A config entry that takes one item, a list or None (trainer.callbacks, trainer.plugins), as a list."""
+    return [item for item in (entry if isinstance(entry, list) else [entry]) if item is not None]
 
 
 # Lightning's info lines that say nothing about this run (rank_zero_info, to this logger).

@@ -13,8 +13,12 @@ they take: `IMPLEMENTED`; any other argument is refused by name (scripts.py).
 """
 
 import inspect
+import sys
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 OPS = {"min": torch.lt, "max": torch.gt}
@@ -34,28 +38,53 @@ def not_implemented(class_path: str, init_args: dict, logged: list[str]) -> str 
     return None
 
 
-class EarlyStop:
-    """EarlyStopping(monitor, min_delta, patience, mode): `update` after each validation says whether to stop."""
+def say(message: str, every_process: bool) -> None:
+    """A line of verbose=True, to stderr, where Lightning's logger writes it: EarlyStopping's from every process, each
+    with its rank where there are several; ModelCheckpoint's from rank 0 alone."""
+    rank = dist.get_rank() if dist.is_initialized() and dist.get_world_size() > 1 else None
+    if every_process:
+        print(rank_prefixed_message(message, rank), file=sys.stderr)
+    elif not rank:
+        print(message, file=sys.stderr)
 
-    def __init__(self, monitor: str, min_delta: float = 0.0, patience: int = 3, mode: str = "min", **_):
-        self.monitor, self.patience, self.op = monitor, patience, OPS[mode]
+
+class EarlyStop:
+    """EarlyStopping(monitor, min_delta, patience, mode, verbose): `update` after each validation says whether to
+    stop (with verbose, why, in Lightning's words)."""
+
+    def __init__(
+        self, monitor: str, min_delta: float = 0.0, patience: int = 3, mode: str = "min", verbose: bool = False, **_
+    ):
+        self.monitor, self.patience, self.op, self.verbose = monitor, patience, OPS[mode], verbose
         self.min_delta = min_delta if self.op is torch.gt else -min_delta  # EarlyStopping.__init__ flips it for min
         self.wait_count = 0
         self.best_score = torch.tensor(torch.inf if self.op is torch.lt else -torch.inf)  # float32, as Lightning's
         self.stopped_epoch = 0
 
     def update(self, values: dict[str, torch.Tensor], epoch: int) -> bool:
-        current = values[self.monitor].squeeze()
+        current, best = values[self.monitor].squeeze(), self.best_score
+        said = None  # EarlyStopping._evaluate_stopping_criteria's reason
         if not torch.isfinite(current):  # check_finite=True
             stop = True
-        elif self.op(current - self.min_delta, self.best_score):
+            said = f"Monitored metric {self.monitor} = {current} is not finite. Previous best value was {best:.3f}."
+        elif self.op(current - self.min_delta, best):
             self.best_score, self.wait_count = current, 0
             stop = False
+            said = f"Metric {self.monitor} improved. New best score: {current:.3f}"
+            if torch.isfinite(best):
+                by = f"{abs(best - current):.3f} >= min_delta = {abs(self.min_delta)}"
+                said = f"Metric {self.monitor} improved by {by}. New best score: {current:.3f}"
         else:
             self.wait_count += 1
             stop = self.wait_count >= self.patience
+            if stop:
+                last = f"the last {self.wait_count} records"
+                said = f"Monitored metric {self.monitor} did not improve in {last}. Best score: {best:.3f}."
         if stop:
             self.stopped_epoch = epoch
+            said += " Signaling Trainer to stop."
+        if said is not None and self.verbose:
+            say(said, every_process=True)
         return stop
 
     STATE = ("wait_count", "stopped_epoch", "best_score", "patience")  # EarlyStopping.state_dict's keys
@@ -69,20 +98,27 @@ class EarlyStop:
 
 
 class BestK:
-    """ModelCheckpoint(monitor, mode, save_top_k=k): `update` after each validation names the file to write and the
-    one to delete."""
+    """ModelCheckpoint(monitor, mode, save_top_k=k, verbose): `update` after each validation names the file to write
+    and the one to delete (with verbose, says which, in Lightning's words)."""
 
-    def __init__(self, monitor: str, mode: str = "min", save_top_k: int = 1, **_):
-        self.monitor, self.mode, self.k = monitor, mode, save_top_k
+    def __init__(self, monitor: str, mode: str = "min", save_top_k: int = 1, verbose: bool = False, **_):
+        self.monitor, self.mode, self.k, self.verbose = monitor, mode, save_top_k, verbose
         self.best_k_models: dict[str, torch.Tensor] = {}  # file name -> its value, in the order they were kept
         self.kth_best_model_path = ""
+        self.dirpath = Path()  # where the files go: the run's checkpoints/, set as the run starts
 
     def update(self, values: dict[str, torch.Tensor], epoch: int, step: int) -> tuple[str | None, str | None]:
         """(the checkpoint to write, the one to delete), each None for none."""
-        current = values[self.monitor].squeeze()
-        full = self.k != -1 and len(self.best_k_models) >= self.k
-        if self.k == 0 or (full and not OPS[self.mode](current, self.best_k_models[self.kth_best_model_path])):
+        if self.k == 0:
             return None, None
+        current = values[self.monitor].squeeze()
+        at = f"Epoch {epoch:d}, global step {step:d}: {self.monitor!r}"  # what verbose says, in Lightning's words
+        full = self.k != -1 and len(self.best_k_models) >= self.k
+        if full and not OPS[self.mode](current, self.best_k_models[self.kth_best_model_path]):
+            if self.verbose:
+                say(f"{at} was not in top {self.k}", every_process=False)
+            return None, None
+        k = len(self.best_k_models) + 1 if self.k == -1 else self.k  # in the message
         dropped = None
         if full:  # ModelCheckpoint._update_best_and_save
             dropped = self.kth_best_model_path
@@ -94,6 +130,10 @@ class BestK:
         if self.k == -1 or len(self.best_k_models) == self.k:  # every file kept (-1), or k of them
             worst = max if self.mode == "min" else min
             self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)
+        if self.verbose:
+            best = (min if self.mode == "min" else max)(self.best_k_models.values())
+            saving = f"saving model to {str(self.dirpath / name)!r} as top {k}"
+            say(f"{at} reached {current:0.5f} (best {best:0.5f}), {saving}", every_process=False)
         return name, dropped
 
     def state_dict(self) -> dict:

@@ -100,6 +100,8 @@ class PlainRun:
         check_optimizer(model, optimizer)  # FSDP2: built after shard(), as configure_optimizers after configure_model
         self._model, self._optimizer, self._scheduler, self._scaler = model, optimizer, scheduler, scaler
         self._data, self._loader, self._mid_epoch = data, loader, False
+        if self.best is not None and self.checkpoint is not None:  # ModelCheckpoint.setup: its dirpath
+            self.best.dirpath = self.checkpoint.parent
         if self.resume is None:
             return 0
         self._restore(model, optimizer, scheduler, scaler, data, loader)
