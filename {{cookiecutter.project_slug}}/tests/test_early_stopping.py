@@ -5,6 +5,7 @@ they still do after an interruption. The plain and Fabric loops' versions: machi
 
 import re
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,57 @@ def test_verbose_says_in_the_plain_and_fabric_loops_what_lightning_says(tmp_path
     for words in ("improved by", "Signaling Trainer to stop", "was not in top 2", "as top 2"):
         assert any(words in line for line in said["lightning"]), (words, said["lightning"])
     assert said["torch"] == said["lightning"] and said["fabric"] == said["lightning"]
+
+
+def callbacks(monitor: str, mode: str, save_top_k: int) -> list[str]:
+    """An EarlyStopping and a ModelCheckpoint on `monitor`, in `mode`, the second keeping `save_top_k` files."""
+    early = ["--trainer.callbacks+=EarlyStopping", f"--trainer.callbacks.monitor={monitor}"]
+    early += [f"--trainer.callbacks.mode={mode}", "--trainer.callbacks.patience=3"]
+    best = ["--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.monitor={monitor}"]
+    best += [f"--trainer.callbacks.mode={mode}", f"--trainer.callbacks.save_top_k={save_top_k}"]
+    return [*early, *best]
+
+
+# A run that kept every epoch's file, resumed from the file of epoch 2 (3 steps an epoch), which holds the record of 3
+# files, with the same callbacks or others: the files of the epochs it trains again are there (ModelCheckpoint writes
+# epoch=E-step=S-v1 beside them); with save_top_k=3 the file it went on from leaves the record and stays on disk;
+# with save_top_k=2, more files than k, none is dropped; another monitor or mode starts the callbacks afresh, as
+# Lightning keeps a callback's state under its monitor and mode.
+FIRST = [*TINY, "--trainer.max_epochs=8", DROPOUT, *callbacks("val/loss", "min", -1)]
+AGAIN = {
+    "the same callbacks": callbacks("val/loss", "min", -1),
+    "as many files as it kept": callbacks("val/loss", "min", 3),
+    "fewer files than it kept": callbacks("val/loss", "min", 2),
+    "another monitor and mode": callbacks("val/acc", "max", 2),
+}
+
+
+@pytest.mark.parametrize("callbacks_then", AGAIN)
+def test_a_run_going_on_from_a_best_checkpoint_with_other_callbacks_decides_as_lightning(
+    callbacks_then, tmp_path, monkeypatch
+):
+    found = {}
+    for side in ("lightning", "torch", "fabric"):
+        (tmp_path / side).mkdir()
+        monkeypatch.chdir(tmp_path / side)
+        fit(side, FIRST)
+        run_dir = Path("logs", side, "version_0")
+        best = run_dir / "checkpoints" / f"epoch=2-step=9{Path(CHECKPOINT[side]).suffix}"
+        again = [*FIRST[: -len(AGAIN[callbacks_then])], *AGAIN[callbacks_then], f"--ckpt_path={best}"]
+        if callbacks_then == "another monitor and mode":  # each says that its callbacks start afresh
+            said = "callbacks used to create the checkpoint" if side == "lightning" else "starts afresh"
+            with warnings.catch_warnings():
+                # pytest.warns gives back the other warnings as the warnings module's: pyproject's filter of
+                # LightningCLI's, by its module, does not take them.
+                warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
+                with pytest.warns(UserWarning, match=said):
+                    fit(side, again)
+        else:
+            fit(side, again)
+        found[side] = decisions(side, run_dir)
+        assert best.exists(), side
+    assert any(name.endswith("-v1") for name in found["lightning"]["files"])
+    if callbacks_then == "as many files as it kept":
+        assert "epoch=2-step=9" not in found["lightning"]["kept"]  # dropped from the record, its file kept
+    assert differences(found["torch"], found["lightning"]) == []
+    assert differences(found["fabric"], found["lightning"]) == []

@@ -426,6 +426,7 @@ def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None,
         boundary=boundary if lead or config.trainer.strategy == "fsdp2" else None,
         **callbacks,
         resume=resume,
+        resumed_from=resume and Path(config.ckpt_path).resolve(),
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.rank_zero import rank_prefixed_message
+from lightning.fabric.utilities.rank_zero import rank_prefixed_message, rank_zero_warn
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 OPS = {"min": torch.lt, "max": torch.gt}
@@ -48,6 +48,18 @@ def say(message: str, every_process: bool) -> None:
         print(message, file=sys.stderr)
 
 
+def same_key(callback, kind: str, state: dict) -> bool:
+    """Whether a saved state is the callback's: Lightning keeps each callback's under its `state_key`, its monitor and
+    mode, and one of another monitor or mode starts afresh, with a warning."""
+    saved, own = (state["monitor"], state["mode"]), (callback.monitor, callback.mode)
+    if saved != own:
+        rank_zero_warn(
+            f"the checkpoint holds the state of a {kind} of monitor={saved[0]!r}, mode={saved[1]!r}; this run's has"
+            f" monitor={own[0]!r}, mode={own[1]!r}, and starts afresh, as Lightning's does"
+        )
+    return saved == own
+
+
 class EarlyStop:
     """EarlyStopping(monitor, min_delta, patience, mode, verbose): `update` after each validation says whether to
     stop (with verbose, why, in Lightning's words)."""
@@ -55,7 +67,7 @@ class EarlyStop:
     def __init__(
         self, monitor: str, min_delta: float = 0.0, patience: int = 3, mode: str = "min", verbose: bool = False, **_
     ):
-        self.monitor, self.patience, self.op, self.verbose = monitor, patience, OPS[mode], verbose
+        self.monitor, self.mode, self.patience, self.op, self.verbose = monitor, mode, patience, OPS[mode], verbose
         self.min_delta = min_delta if self.op is torch.gt else -min_delta  # EarlyStopping.__init__ flips it for min
         self.wait_count = 0
         self.best_score = torch.tensor(torch.inf if self.op is torch.lt else -torch.inf)  # float32, as Lightning's
@@ -90,11 +102,12 @@ class EarlyStop:
     STATE = ("wait_count", "stopped_epoch", "best_score", "patience")  # EarlyStopping.state_dict's keys
 
     def state_dict(self) -> dict:
-        return {key: getattr(self, key) for key in self.STATE}
+        return {key: getattr(self, key) for key in (*self.STATE, "monitor", "mode")}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in self.STATE:
-            setattr(self, key, state[key])
+        if same_key(self, "EarlyStopping", state):
+            for key in self.STATE:
+                setattr(self, key, state[key])
 
 
 class BestK:
@@ -105,7 +118,7 @@ class BestK:
         self.monitor, self.mode, self.k, self.verbose = monitor, mode, save_top_k, verbose
         self.best_k_models: dict[str, torch.Tensor] = {}  # file name -> its value, in the order they were kept
         self.kth_best_model_path = ""
-        self.dirpath = Path()  # where the files go: the run's checkpoints/, set as the run starts
+        self.dirpath: Path | None = None  # where the files go: rank 0's checkpoints/, set as the run starts
 
     def update(self, values: dict[str, torch.Tensor], epoch: int, step: int) -> tuple[str | None, str | None]:
         """(the checkpoint to write, the one to delete), each None for none."""
@@ -113,34 +126,46 @@ class BestK:
             return None, None
         current = values[self.monitor].squeeze()
         at = f"Epoch {epoch:d}, global step {step:d}: {self.monitor!r}"  # what verbose says, in Lightning's words
-        full = self.k != -1 and len(self.best_k_models) >= self.k
-        if full and not OPS[self.mode](current, self.best_k_models[self.kth_best_model_path]):
-            if self.verbose:
-                say(f"{at} was not in top {self.k}", every_process=False)
-            return None, None
-        k = len(self.best_k_models) + 1 if self.k == -1 else self.k  # in the message
+        # ModelCheckpoint.check_monitor_top_k
+        if self.k != -1 and len(self.best_k_models) >= self.k:
+            if not OPS[self.mode](current, self.best_k_models[self.kth_best_model_path]):
+                if self.verbose:
+                    say(f"{at} was not in top {self.k}", every_process=False)
+                return None, None
+        # ModelCheckpoint._update_best_and_save (more than k files, from a run with a larger k: none dropped)
+        k = len(self.best_k_models) + 1 if self.k == -1 else self.k
         dropped = None
-        if full:  # ModelCheckpoint._update_best_and_save
+        if len(self.best_k_models) == k:
             dropped = self.kth_best_model_path
             del self.best_k_models[dropped]
         if torch.isnan(current):  # kept as the worst value
             current = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
-        name = f"epoch={epoch}-step={step}.pt"
+        name = self._name(epoch, step, dropped)
         self.best_k_models[name] = current
-        if self.k == -1 or len(self.best_k_models) == self.k:  # every file kept (-1), or k of them
+        if len(self.best_k_models) == k:
             worst = max if self.mode == "min" else min
             self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)
-        if self.verbose:
+        if self.verbose and self.dirpath is not None:  # rank 0's, which says it
             best = (min if self.mode == "min" else max)(self.best_k_models.values())
             saving = f"saving model to {str(self.dirpath / name)!r} as top {k}"
             say(f"{at} reached {current:0.5f} (best {best:0.5f}), {saving}", every_process=False)
         return name, dropped
 
+    def _name(self, epoch: int, step: int, dropped: str | None) -> str:
+        """epoch=E-step=S.pt; where a file of that name is there and stays (a run resumed from an earlier
+        checkpoint wrote it), epoch=E-step=S-v1.pt, -v2, ...: ModelCheckpoint(enable_version_counter=True)."""
+        name, version = f"epoch={epoch}-step={step}.pt", 1
+        while self.dirpath is not None and (self.dirpath / name).exists() and name != dropped:
+            name, version = f"epoch={epoch}-step={step}-v{version}.pt", version + 1
+        return name
+
     def state_dict(self) -> dict:
-        return {"best_k_models": dict(self.best_k_models), "kth_best_model_path": self.kth_best_model_path}
+        kept = {"best_k_models": dict(self.best_k_models), "kth_best_model_path": self.kth_best_model_path}
+        return {**kept, "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best_k_models, self.kth_best_model_path = dict(state["best_k_models"]), state["kth_best_model_path"]
+        if same_key(self, "ModelCheckpoint", state):
+            self.best_k_models, self.kth_best_model_path = dict(state["best_k_models"]), state["kth_best_model_path"]
 
 
 # The callbacks the loops implement, by class path: the PlainRun field that holds each, its class here (made from the

@@ -65,6 +65,7 @@ class PlainRun:
     boundary: Any = None  # the DecisionBoundary callback: boundary.py's BoundaryAnimation
     checkpoint: Path | None = None  # last.pt, written at every epoch's end (ModelCheckpoint(save_last=True))
     resume: dict[str, Any] | None = None  # a checkpoint read back: Trainer.fit(ckpt_path=...)
+    resumed_from: Path | None = None  # its absolute path, Trainer.ckpt_path: a best checkpoint's is never deleted
     stop: StopRequest | None = None  # Ctrl-C, SIGTERM, SIGUSR1: the GracefulStop callback
     early_stop: EarlyStop | None = None  # the EarlyStopping callback
     best: BestK | None = None  # a ModelCheckpoint(monitor=..., save_top_k=k): the k best checkpoints
@@ -240,9 +241,11 @@ class PlainRun:
         atomic_save(checkpoint, path)  # AtomicCheckpointIO.save_checkpoint
 
     def _delete(self, name: str) -> None:
-        """A checkpoint no longer among the best k: ModelCheckpoint._remove_checkpoint."""
-        if self.checkpoint is not None:
-            (self.checkpoint.parent / name).unlink()
+        """A checkpoint no longer among the best k, but the one the run went on from, if it is still there:
+        ModelCheckpoint._should_remove_checkpoint and _remove_checkpoint."""
+        path = self.checkpoint and self.checkpoint.parent / name
+        if path is not None and path.resolve() != self.resumed_from:
+            path.unlink(missing_ok=True)
 
 
 # --- the processes of a run ---
