@@ -306,6 +306,19 @@ BAD_VALUES = {
         ],
         "trainer.enable_checkpointing=False beside a ModelCheckpoint with a monitor",
     ),
+    # Lightning refuses them as it makes the callback, with a traceback; the loops would fail on them later.
+    "an EarlyStopping's mode": (
+        ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/acc", "--trainer.callbacks.mode=foo"],
+        "EarlyStopping(mode='foo')",
+    ),
+    "save_top_k -2": (
+        [
+            "--trainer.callbacks+=ModelCheckpoint",
+            "--trainer.callbacks.monitor=val/loss",
+            "--trainer.callbacks.save_top_k=-2",
+        ],
+        "ModelCheckpoint(save_top_k=-2)",
+    ),
 }
 if not torch.cuda.is_available():
     BAD_VALUES["a GPU where there is none"] = (["--trainer.accelerator=gpu"], "trainer.accelerator")

@@ -94,11 +94,9 @@ def settings_problem(config: Namespace) -> str | None:
     if trainer.strategy == "fsdp2" and str(trainer.precision) in ("16-mixed", "16"):
         # Lightning's ModelParallelStrategy refuses it: no GradScaler for sharded gradients.
         return f"trainer.precision={trainer.precision!r} does not go with trainer.strategy='fsdp2': use bf16-mixed"
-    checkpoints = [
-        c for c in listed(trainer.callbacks) if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")
-    ]
-    if trainer.enable_checkpointing is False and any(c.init_args.get("monitor") for c in checkpoints):
-        return "trainer.enable_checkpointing=False beside a ModelCheckpoint with a monitor, which writes checkpoints"
+    problem = callback_problem(trainer)
+    if problem is not None:
+        return problem
     if config.track.to and trainer.logger in (None, False, True):
         return f"track.to={config.track.to} writes beside trainer.logger's run directory; the config has no logger"
     for tracker in config.track.to or ():
@@ -108,6 +106,23 @@ def settings_problem(config: Namespace) -> str | None:
     if str(trainer.precision) in ("16-mixed", "16") and on_cpu:
         # Lightning would warn and train in bf16-mixed instead; the plain loop would train in fp16.
         return f"trainer.precision={trainer.precision!r} needs a GPU; on the CPU, use bf16-mixed"
+    return None
+
+
+def callback_problem(trainer: Namespace) -> str | None:
+    """An EarlyStopping's or a ModelCheckpoint's value that Lightning refuses as it makes the callback (with a
+    traceback), or one the rest of the config contradicts, named; None if none."""
+    for callback in listed(trainer.callbacks):
+        kind = str(getattr(callback, "class_path", "")).rsplit(".", 1)[-1]
+        if kind not in ("EarlyStopping", "ModelCheckpoint"):
+            continue
+        mode, top_k = callback.init_args.get("mode", "min"), callback.init_args.get("save_top_k", 1)
+        if mode not in ("min", "max"):
+            return f"trainer.callbacks: {kind}(mode={mode!r}): it takes 'min' or 'max'"
+        if kind == "ModelCheckpoint" and top_k < -1:
+            return f"trainer.callbacks: ModelCheckpoint(save_top_k={top_k}): it takes -1 (every file), 0 or more"
+        if kind == "ModelCheckpoint" and callback.init_args.get("monitor") and trainer.enable_checkpointing is False:
+            return "trainer.enable_checkpointing=False beside a ModelCheckpoint with a monitor, which writes files"
     return None
 
 
