@@ -202,3 +202,12 @@ def test_a_chosen_tracker_that_is_not_installed_is_refused_in_one_line(side, tmp
     [line] = done.stderr.splitlines()  # the plain and Fabric loops' parser adds where the options are listed
     assert line.startswith('error: track.to: mlflow is not installed; pip install -e ".[track]"'), line
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_tracking_uri_that_mlflow_cannot_open_is_said_in_one_line(side, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        fit(side, [*TINY, "--track.to=[mlflow]", "--track.tracking_uri=foo://bar"])
+    said = str(stop.value.code)
+    assert said.startswith("error: track.tracking_uri='foo://bar': ") and "\n" not in said, said

@@ -161,11 +161,14 @@ class MlflowRun:
         from mlflow.exceptions import MlflowException
 
         self.Metric = Metric  # for `log`, at every step: imported here, where mlflow is chosen
-        self.client = MlflowClient(uri)
+        try:  # a URI MLflow has no store for: refused here, or by the store's first answer
+            self.client = MlflowClient(uri)
+            found = self.client.get_experiment_by_name(experiment)
+        except MlflowException as error:
+            raise TrackingError(f"track.tracking_uri={uri!r}: {str(error).strip().splitlines()[0]}") from error
         self.held: dict[str, int] = {}  # per tag, the last step the run has already
         self.pending: list = []
         if run_id is None:
-            found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
             self.client.log_batch(self.run_id, params=[Param(key, value[:6000]) for key, value in params.items()])
