@@ -28,12 +28,15 @@ def main(args: list[str] | None = None):
     """Run the study's remaining trials; the study."""
     if not importable("optuna"):
         sys.exit('error: optuna is not installed; pip install -e ".[sweep]"')
-    from {{ cookiecutter.package_name }}.machinery.sweeping import Sweep
+    from {{ cookiecutter.package_name }}.machinery.sweeping import Sweep, space_problem
 
     parser = Parser(default_config_files=[str(ROOT / "configs" / "sweep.yaml")], description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="A config file on top of configs/sweep.yaml.")
     parser.add_class_arguments(Sweep, as_positional=False)
     config = parser.parse_args(args)
+    problem = space_problem(config.space)
+    if problem is not None:
+        parser.error(problem)
     settings = config.as_dict()
     for key in ("config", "__default_config__"):  # the config files read, not settings
         settings.pop(key, None)

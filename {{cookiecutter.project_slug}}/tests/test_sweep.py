@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 
+from {{ cookiecutter.package_name }}.machinery import sweeping
 from {{ cookiecutter.package_name }}.machinery.sweeping import opened_storage
 
 from conftest import ENV, ROOT, ended, event_scalars, finished, started
@@ -27,8 +29,8 @@ RUN = [
 SPACE = '{"model.lr": {"low": 0.001, "high": 0.1, "log": true}, "model.net.init_args.hidden": {"choices": [16, 32]}}'
 
 
-def sweep_command(loop: str, trials: int, space: str = SPACE) -> list[str]:
-    args = f"--args=[{', '.join(RUN)}]"
+def sweep_command(loop: str, trials: int, space: str = SPACE, run: list[str] = RUN) -> list[str]:
+    args = f"--args=[{', '.join(run)}]"
     return [
         sys.executable,
         str(ROOT / "sweep.py"),
@@ -51,9 +53,9 @@ def study(cwd: Path) -> list[tuple]:
     return [(t.number, t.state.name, t.params, t.value) for t in stored(cwd)]
 
 
-def swept(cwd: Path, loop: str, trials: int, space: str = SPACE) -> list[tuple]:
+def swept(cwd: Path, loop: str, trials: int, space: str = SPACE, run: list[str] = RUN) -> list[tuple]:
     cwd.mkdir(exist_ok=True)
-    done = finished(sweep_command(loop, trials, space), cwd)
+    done = finished(sweep_command(loop, trials, space, run), cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return study(cwd)
 
@@ -132,4 +134,41 @@ def test_without_optuna_the_sweep_says_what_to_install_in_one_line(tmp_path):
     done = subprocess.run(sweep_command("torch", 3), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.splitlines() == ['error: optuna is not installed; pip install -e ".[sweep]"']
+    assert not (tmp_path / "logs").exists()
+
+
+# Early stopping after the second epoch: val/loss falls by less than 0.1 an epoch.
+STOPPING = [*RUN, "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"]
+STOPPING += ["--trainer.callbacks.patience=1", "--trainer.callbacks.min_delta=0.1"]
+
+
+@pytest.mark.parametrize("loop", ["lightning", "torch"])
+def test_a_sweep_killed_after_a_trial_stopped_early_takes_its_value_and_trains_no_more(
+    loop, tmp_path, monkeypatch, tmp_path_factory
+):
+    """Going on from the checkpoint of a run an EarlyStopping ended would train an epoch more."""
+    expected = swept(tmp_path_factory.mktemp(f"{loop}-stopping"), loop, 1, run=STOPPING)
+    import sweep  # the project's root, on sys.path (conftest)
+
+    def killed(run_dir, tag):
+        raise SystemExit("killed")  # after the trial's run ended, before the study was told its value
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweeping, "last_value", killed)
+    with pytest.raises(SystemExit, match="killed"):
+        sweep.main(sweep_command(loop, 1, run=STOPPING)[2:])
+    monkeypatch.undo()
+    assert [state for _, state, _, _ in study(tmp_path)] == ["RUNNING"]
+    epochs = len(event_scalars(run_dir(tmp_path, 0, loop))["val/loss"])
+    assert epochs < 6  # it stopped early
+    assert swept(tmp_path, loop, 1, run=STOPPING) == expected
+    assert len(event_scalars(run_dir(tmp_path, 0, loop))["val/loss"]) == epochs
+
+
+@pytest.mark.parametrize("space", ['{"model.lr": {"low": 0.001}}', '{"model.lr": {"low": 0, "high": 1, "log": true}}'])
+def test_a_space_entry_the_sweep_cannot_draw_from_is_refused_in_one_line_before_the_study(space, tmp_path):
+    done = finished(sweep_command("torch", 3, space), tmp_path)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: space: model.lr: "), line
     assert not (tmp_path / "logs").exists()

@@ -9,7 +9,8 @@ value in the run's TensorBoard events. A trial that fails (a NaN stop, a refused
 the error's line, and the study goes on.
 
 The study is kept in SQLite (logs/sweep.db). Killed or stopped, `python sweep.py` goes on: a trial left unfinished
-resumes from its checkpoint (`--ckpt_path last-if-any`) and ends as it would have. The sampler is seeded anew for
+resumes from its checkpoint (`--ckpt_path last-if-any`) and ends as it would have; one whose run an EarlyStopping
+had ended takes that run's value. The sampler is seeded anew for
 each trial from `seed` and the trial's number, and draws from the finished trials alone, whose values are the same
 bit for bit: the study comes out the same, trial for trial, after a kill, and whichever loop runs it.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 SCRIPTS = {"lightning": ["train.py", "fit"], "torch": ["train_torch.py"], "fabric": ["train_fabric.py"]}
@@ -95,16 +97,16 @@ class Sweep:
         command += [f"--{key}={value!r}" for key, value in values.items()]
         command += [f"--trainer.logger.init_args.save_dir={save_dir}", "--ckpt_path=last-if-any"]
         command += ["--trainer.enable_progress_bar=false"]
-        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         shown = " ".join(f"{key}={value!r}" for key, value in values.items())
-        if done.returncode != 0:
-            error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            trial.set_user_attr("error", error)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            print(f"trial {trial.number}: {shown}: failed: {error}")
-            return
-        # The newest run: a trial killed before its first checkpoint started a new one.
-        run_dir = max((save_dir / self.loop).glob("version_*"), key=lambda run: int(run.name.split("_")[1]))
+        if not stopped_early(newest(save_dir / self.loop)):  # else its run ended, and the sweep was killed after it
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                trial.set_user_attr("error", error)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                print(f"trial {trial.number}: {shown}: failed: {error}")
+                return
+        run_dir = newest(save_dir / self.loop)
         value = last_value(run_dir, self.objective)
         trial.set_user_attr("run", str(run_dir))
         study.tell(trial, value)
@@ -123,6 +125,20 @@ def opened_storage(url: str) -> Iterator[optuna.storages.RDBStorage]:
         storage.engine.dispose()
 
 
+def space_problem(space: dict[str, dict[str, Any]]) -> str | None:
+    """The first entry of `space` that `suggest` cannot draw from, named; None if none. Checked before the study asks
+    for a trial: a trial that fails to draw stays unfinished, and each later sweep would take it up again."""
+    for key, spec in space.items():
+        choices = set(spec) == {"choices"} and isinstance(spec["choices"], list) and len(spec["choices"]) > 0
+        low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
+        numbers = all(isinstance(bound, int | float) and not isinstance(bound, bool) for bound in (low, high))
+        ranged = set(spec) <= {"low", "high", "log"} and numbers and low <= high and isinstance(log, bool)
+        if not choices and not (ranged and (low > 0 or not log)):
+            takes = "{low, high} (low <= high; log: true with low > 0) or {choices: [...]}"
+            return f"space: {key}: {spec}: it takes {takes}"
+    return None
+
+
 def suggest(trial, key: str, spec: dict[str, Any]):
     """The trial's value for `key`, drawn from `spec` as configs/sweep.yaml gives it."""
     if "choices" in spec:
@@ -131,6 +147,25 @@ def suggest(trial, key: str, spec: dict[str, Any]):
     if isinstance(low, int) and isinstance(high, int):
         return trial.suggest_int(key, low, high, log=log)
     return trial.suggest_float(key, float(low), float(high), log=log)
+
+
+def newest(runs: Path) -> Path | None:
+    """The newest run directory in `runs` (a trial killed before its first checkpoint started a new one), or None."""
+    return max(runs.glob("version_*"), key=lambda run: int(run.name.split("_")[1]), default=None)
+
+
+def stopped_early(run_dir: Path | None) -> bool:
+    """Whether the run in `run_dir` was ended by its EarlyStopping, as its last checkpoint says: going on from that
+    checkpoint would train an epoch more (Trainer.should_stop is in no checkpoint, Lightning's neither), another
+    value than the run's."""
+    path = run_dir and next((run_dir / "checkpoints").glob("last.*"), None)
+    if path is None:
+        return False
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    # The plain and Fabric loops' state, or Lightning's, under the callback's state key
+    states = [saved.get("early_stopping")]
+    states += [state for key, state in saved.get("callbacks", {}).items() if key.startswith("EarlyStopping")]
+    return any(state["wait_count"] >= state["patience"] for state in states if state)
 
 
 def last_value(run_dir: Path, tag: str) -> float:
