@@ -17,7 +17,7 @@ import torch
 from {{ cookiecutter.package_name }}.machinery import sweeping
 from {{ cookiecutter.package_name }}.machinery.sweeping import opened_storage
 
-from conftest import ENV, ROOT, ended, event_scalars, finished, started
+from conftest import ENV, QUIET, ROOT, ended, event_scalars, finished, fit, started
 
 STUDY = "tests"
 RUN = [
@@ -165,10 +165,30 @@ def test_a_sweep_killed_after_a_trial_stopped_early_takes_its_value_and_trains_n
     assert len(event_scalars(run_dir(tmp_path, 0, loop))["val/loss"]) == epochs
 
 
-@pytest.mark.parametrize("space", ['{"model.lr": {"low": 0.001}}', '{"model.lr": {"low": 0, "high": 1, "log": true}}'])
+@pytest.mark.parametrize(
+    "space",
+    [
+        '{"model.lr": {"low": 0.001}}',
+        '{"model.lr": {"low": 0, "high": 1, "log": true}}',
+        '{"model.lr": {"low": 0.001, "high": .inf}}',
+    ],
+)
 def test_a_space_entry_the_sweep_cannot_draw_from_is_refused_in_one_line_before_the_study(space, tmp_path):
     done = finished(sweep_command("torch", 3, space), tmp_path)
     assert done.returncode == 2
     [line] = done.stderr.splitlines()
     assert line.startswith("error: space: model.lr: "), line
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("patience, min_delta", [(0, 0.0), (0, 0.1), (1, 0.1), (2, 0.0)])
+@pytest.mark.parametrize("side", ["lightning", "torch"])
+def test_a_run_counts_as_stopped_early_when_its_early_stopping_ended_it(side, patience, min_delta, tmp_path):
+    """sweeping.stopped_early on real runs' checkpoints: true exactly when the run ended before max_epochs."""
+    max_epochs = 4
+    args = [*QUIET, *RUN[1:], f"--trainer.max_epochs={max_epochs}", "--trainer.callbacks+=EarlyStopping"]
+    args += ["--trainer.callbacks.monitor=val/loss", f"--trainer.callbacks.patience={patience}"]
+    args += [f"--trainer.callbacks.min_delta={min_delta}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    fit(side, args)
+    run = tmp_path / side / "version_0"
+    assert sweeping.stopped_early(run) == (len(event_scalars(run)["val/loss"]) < max_epochs)

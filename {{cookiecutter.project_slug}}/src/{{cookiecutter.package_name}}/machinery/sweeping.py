@@ -15,6 +15,7 @@ each trial from `seed` and the trial's number, and draws from the finished trial
 bit for bit: the study comes out the same, trial for trial, after a kill, and whichever loop runs it.
 """
 
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,10 +132,10 @@ def space_problem(space: dict[str, dict[str, Any]]) -> str | None:
     for key, spec in space.items():
         choices = set(spec) == {"choices"} and isinstance(spec["choices"], list) and len(spec["choices"]) > 0
         low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
-        numbers = all(isinstance(bound, int | float) and not isinstance(bound, bool) for bound in (low, high))
+        numbers = all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in (low, high))
         ranged = set(spec) <= {"low", "high", "log"} and numbers and low <= high and isinstance(log, bool)
         if not choices and not (ranged and (low > 0 or not log)):
-            takes = "{low, high} (low <= high; log: true with low > 0) or {choices: [...]}"
+            takes = "{low, high} (finite, low <= high; log: true with low > 0) or {choices: [...]}"
             return f"space: {key}: {spec}: it takes {takes}"
     return None
 
@@ -165,7 +166,8 @@ def stopped_early(run_dir: Path | None) -> bool:
     # The plain and Fabric loops' state, or Lightning's, under the callback's state key
     states = [saved.get("early_stopping")]
     states += [state for key, state in saved.get("callbacks", {}).items() if key.startswith("EarlyStopping")]
-    return any(state["wait_count"] >= state["patience"] for state in states if state)
+    # Stopped: an epoch without improvement that used up the patience (0: the first such epoch)
+    return any(state["wait_count"] >= max(state["patience"], 1) for state in states if state)
 
 
 def last_value(run_dir: Path, tag: str) -> float:
