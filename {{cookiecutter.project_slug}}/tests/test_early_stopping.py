@@ -166,7 +166,7 @@ def test_train_py_refuses_a_monitor_its_module_does_not_log_before_training_nami
     with pytest.raises(SystemExit) as refused:
         fit("lightning", flags)
     [line] = capsys.readouterr().err.splitlines()
-    said = "error: trainer.callbacks: EarlyStopping(monitor='val/acc2'): train.py logs "
+    said = "error: trainer.callbacks: EarlyStopping(monitor='val/acc2'): it takes "
     assert refused.value.code == 2 and line.startswith(said), line
     assert not (tmp_path / "logs").exists()
     monkeypatch.setattr(CLI, "before_fit", CLI.check_net)  # the negative control: Lightning's own check
@@ -174,6 +174,13 @@ def test_train_py_refuses_a_monitor_its_module_does_not_log_before_training_nami
         fit("lightning", flags)
     available = re.findall(r"`([^`]+)`", str(missing.value).split("following:")[1])
     assert sorted(line.removeprefix(said).split(", ")) == sorted(available)
+    monkeypatch.undo()
+    (tmp_path / "step").mkdir()
+    monkeypatch.chdir(tmp_path / "step")
+    # A ModelCheckpoint also takes the epoch and the step, which Lightning adds to what the module logs.
+    fit("lightning", [*TINY, "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=step"])
+    kept = Path("logs/lightning/version_0/checkpoints").glob("epoch=*")
+    assert [path.name for path in kept] == ["epoch=0-step=3.ckpt"]  # the lowest step, mode="min"
 
 
 def test_verbose_says_in_the_plain_and_fabric_loops_what_lightning_says(tmp_path):
@@ -229,7 +236,8 @@ def test_a_run_going_on_from_a_best_checkpoint_with_other_callbacks_decides_as_l
         fit(side, FIRST)
         run_dir = Path("logs", side, "version_0")
         best = run_dir / "checkpoints" / f"epoch=2-step=9{Path(CHECKPOINT[side]).suffix}"
-        again = [*FIRST[: -len(AGAIN[callbacks_then])], *AGAIN[callbacks_then], f"--ckpt_path={best}"]
+        spelled = Path("logs", "..", best)  # as a user may write it: Lightning compares paths as written
+        again = [*FIRST[: -len(AGAIN[callbacks_then])], *AGAIN[callbacks_then], f"--ckpt_path={spelled}"]
         if callbacks_then == "another monitor and mode":  # each says that its callbacks start afresh
             said = "callbacks used to create the checkpoint" if side == "lightning" else "starts afresh"
             with warnings.catch_warnings():

@@ -38,6 +38,7 @@ from {{ cookiecutter.package_name }}.machinery.cli import (
     listed,
     named,
     net_problem,
+    normal_paths,
     plain_numbers,
     quiet,
     settings_problem,
@@ -98,7 +99,7 @@ class CLI(LightningCLI):
         super().parse_arguments(parser, args)
         plain_numbers(self.config)
         subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
+        config = normal_paths(self.config[subcommand] if subcommand else self.config)
         refuse(settings_problem(config))  # before LightningCLI seeds; the other rungs refuse the same
         self.resumed = None  # the checkpoint a fit goes on from, for the trackers
         logger = config.trainer.logger
@@ -190,9 +191,11 @@ class CLI(LightningCLI):
         for callback in callbacks:
             if isinstance(callback, EarlyStopping) and not callback.strict:
                 continue  # Lightning warns and goes on without it
-            if isinstance(callback, (EarlyStopping, ModelCheckpoint)) and callback.monitor not in (None, *logged):
+            # A ModelCheckpoint's candidates also hold the epoch and the step.
+            known = [*logged, "epoch", "step"] if isinstance(callback, ModelCheckpoint) else logged
+            if isinstance(callback, (EarlyStopping, ModelCheckpoint)) and callback.monitor not in (None, *known):
                 kind = type(callback).__name__
-                refuse(f"trainer.callbacks: {kind}(monitor={callback.monitor!r}): train.py logs {', '.join(logged)}")
+                refuse(f"trainer.callbacks: {kind}(monitor={callback.monitor!r}): it takes {', '.join(known)}")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer, without the callbacks of configs/default.yaml that its settings leave nothing to do (a
@@ -338,7 +341,7 @@ def parse(args: list[str] | None, script: str, doc: str) -> tuple[Parser, Namesp
     parser.add_argument(
         "--ckpt_path", type=str | None, default=None, help="last.pt to go on from, `last`, or `last-if-any`."
     )
-    config = plain_numbers(parser.parse_args(args))
+    config = normal_paths(plain_numbers(parser.parse_args(args)))
     trainer = config.trainer
     if not fabric and not launched_by_torchrun() and trainer.strategy in SEVERAL_PROCESSES:
         command = f"torchrun --standalone --nproc_per_node 2 train_torch.py --trainer.strategy {trainer.strategy}"
@@ -426,7 +429,7 @@ def run_settings(config: Namespace, data: SpiralDataModule, resume: dict | None,
         boundary=boundary if lead or config.trainer.strategy == "fsdp2" else None,
         **callbacks,
         resume=resume,
-        resumed_from=resume and Path(config.ckpt_path).resolve(),
+        resumed_from=resume and Path(config.ckpt_path).absolute(),
     )
 
 

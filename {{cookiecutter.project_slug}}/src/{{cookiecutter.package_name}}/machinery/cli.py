@@ -10,6 +10,7 @@ loops' network and data.
 
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -196,6 +197,18 @@ def plain_numbers(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return (int if isinstance(value, int) else float)(value)
     return value
+
+
+def normal_paths(config: Namespace) -> Namespace:
+    """`ckpt_path` and a TensorBoardLogger's `save_dir` as os.path.normpath writes them (logs, for ./logs or
+    logs/../logs), in place: Lightning's ModelCheckpoint compares paths as written, the checkpoint it goes on from (not
+    to be deleted) and its own directory with the saved one (else its record starts afresh)."""
+    if config.get("ckpt_path"):
+        config.ckpt_path = os.path.normpath(config.ckpt_path)
+    logger = config.trainer.logger
+    if isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger"):
+        logger.init_args.save_dir = os.path.normpath(logger.init_args.save_dir)
+    return config
 
 
 def named(class_path: str) -> type:

@@ -244,7 +244,7 @@ class PlainRun:
         """A checkpoint no longer among the best k, but the one the run went on from, if it is still there:
         ModelCheckpoint._should_remove_checkpoint and _remove_checkpoint."""
         path = self.checkpoint and self.checkpoint.parent / name
-        if path is not None and path.resolve() != self.resumed_from:
+        if path is not None and path.absolute() != self.resumed_from:
             path.unlink(missing_ok=True)
 
 
