@@ -216,7 +216,8 @@ def callbacks(monitor: str, mode: str, save_top_k: int) -> list[str]:
 # epoch=E-step=S-v1 beside them); with save_top_k=3 the file it went on from leaves the record and stays on disk;
 # with save_top_k=2, more files than k, none is dropped; another monitor or mode starts the callbacks afresh, as
 # Lightning keeps a callback's state under its monitor and mode.
-FIRST = [*TINY, "--trainer.max_epochs=8", DROPOUT, *callbacks("val/loss", "min", -1)]
+TRAINING = [*TINY, "--trainer.max_epochs=8", DROPOUT]
+FIRST = [*TRAINING, *callbacks("val/loss", "min", -1)]
 AGAIN = {
     "the same callbacks": callbacks("val/loss", "min", -1),
     "as many files as it kept": callbacks("val/loss", "min", 3),
@@ -237,7 +238,7 @@ def test_a_run_going_on_from_a_best_checkpoint_with_other_callbacks_decides_as_l
         run_dir = Path("logs", side, "version_0")
         best = run_dir / "checkpoints" / f"epoch=2-step=9{Path(CHECKPOINT[side]).suffix}"
         spelled = Path("logs", "..", best)  # as a user may write it: Lightning compares paths as written
-        again = [*FIRST[: -len(AGAIN[callbacks_then])], *AGAIN[callbacks_then], f"--ckpt_path={spelled}"]
+        again = [*TRAINING, *AGAIN[callbacks_then], f"--ckpt_path={spelled}"]
         if callbacks_then == "another monitor and mode":  # each says that its callbacks start afresh
             said = "callbacks used to create the checkpoint" if side == "lightning" else "starts afresh"
             with warnings.catch_warnings():

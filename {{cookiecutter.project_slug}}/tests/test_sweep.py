@@ -137,9 +137,14 @@ def test_without_optuna_the_sweep_says_what_to_install_in_one_line(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def early_stopping(patience: int, min_delta: float) -> list[str]:
+    """An EarlyStopping on val/loss."""
+    flags = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"]
+    return [*flags, f"--trainer.callbacks.patience={patience}", f"--trainer.callbacks.min_delta={min_delta}"]
+
+
 # Early stopping after the second epoch: val/loss falls by less than 0.1 an epoch.
-STOPPING = [*RUN, "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"]
-STOPPING += ["--trainer.callbacks.patience=1", "--trainer.callbacks.min_delta=0.1"]
+STOPPING = [*RUN, *early_stopping(1, 0.1)]
 
 
 @pytest.mark.parametrize("loop", ["lightning", "torch"])
@@ -186,9 +191,8 @@ def test_a_space_entry_the_sweep_cannot_draw_from_is_refused_in_one_line_before_
 def test_a_run_counts_as_stopped_early_when_its_early_stopping_ended_it(side, patience, min_delta, tmp_path):
     """sweeping.stopped_early on real runs' checkpoints: true exactly when the run ended before max_epochs."""
     max_epochs = 4
-    args = [*QUIET, *RUN[1:], f"--trainer.max_epochs={max_epochs}", "--trainer.callbacks+=EarlyStopping"]
-    args += ["--trainer.callbacks.monitor=val/loss", f"--trainer.callbacks.patience={patience}"]
-    args += [f"--trainer.callbacks.min_delta={min_delta}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    args = [*QUIET, *RUN[1:], f"--trainer.max_epochs={max_epochs}", *early_stopping(patience, min_delta)]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path}"]
     fit(side, args)
     run = tmp_path / side / "version_0"
     assert sweeping.stopped_early(run) == (len(event_scalars(run)["val/loss"]) < max_epochs)
